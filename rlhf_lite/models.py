@@ -1,0 +1,279 @@
+"""The models: a word-level tokenizer, a small GPT-2 pretrained on the world's internet, and the
+two helpers every stage shares: ``generate`` (sample completions) and ``completion_logprobs``.
+
+A completion batch is laid out as ``[left-padded prompt | right-padded completion]``::
+
+    prompt_ids      (B, P)  <pad> <pad> Question : What ... Answer :
+    completion_ids  (B, C)  Paris . <eos> <pad> <pad>
+    completion_mask (B, C)  1     1 1     0     0        (1 = a real token, <eos> included)
+
+Position ids count real tokens only, so left padding changes nothing for the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, pre_tokenizers
+from tqdm.auto import tqdm
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel,
+                          PreTrainedTokenizerFast)
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+
+MODEL_PRESETS = {
+    "tiny": dict(n_embd=128, n_layer=2, n_head=4),    # ~0.5M parameters: the CPU default
+    "small": dict(n_embd=256, n_layer=4, n_head=4),   # ~3M: a few minutes on a CPU
+    "gpu": dict(n_embd=512, n_layer=8, n_head=8),     # ~25M: for a GPU
+}
+"""Sizes of the base model. All are GPT-2 with 128 positions."""
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU; use 'cpu'")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------
+
+def build_tokenizer(world) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the world's closed vocabulary (one token a word or mark)."""
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK] + sorted(world.task.vocabulary()))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS,
+                                   unk_token=UNK, clean_up_tokenization_spaces=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Base model: build, pretrain, save, load
+# ---------------------------------------------------------------------------------------------
+
+def make_base_model(tokenizer, preset: str = "tiny", seed: int = 0) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 of the given size (see ``MODEL_PRESETS``)."""
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; valid presets: {', '.join(MODEL_PRESETS)}")
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, **MODEL_PRESETS[preset],
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # RL wants dropout off
+    return GPT2LMHeadModel(config)
+
+
+def encode_corpus(tokenizer, rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels) for ``prompt answer <eos>`` lines, right-padded. Only the answer and
+    <eos> are predicted (label -100 elsewhere): the model learns to answer, not to ask."""
+    texts = [f"{prompt} {answer}{tokenizer.eos_token}" for prompt, answer, *_ in rows]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    prompt_lens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p, *_ in rows]
+    is_prompt = torch.arange(batch.input_ids.shape[1])[None] < torch.tensor(prompt_lens)[:, None]
+    labels = batch.input_ids.masked_fill((batch.attention_mask == 0) | is_prompt, -100)
+    return batch.input_ids, labels
+
+
+def pretrain(model, tokenizer, world, steps: int = 700, batch_size: int = 64, lr: float = 1e-2,
+             corpus_size: int = 20_000, seed: int = 0, device: str | None = None) -> list[float]:
+    """Next-token pretraining on the world's internet: minimise -sum_t log p(w_t | w_<t).
+
+    Returns the loss of every step. AdamW with a linear warm-up and a cosine decay.
+    """
+    device = pick_device(device)
+    seed_everything(seed)
+    input_ids, labels = encode_corpus(tokenizer, world.corpus(corpus_size, seed=seed))
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
+                                                 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for _ in (bar := tqdm(range(steps), desc="pretraining")):
+        idx = torch.randint(len(input_ids), (batch_size,), generator=generator)
+        width = int(((labels[idx] != -100).cumsum(1).argmax(1)).max()) + 1  # drop all-pad columns
+        x, y = input_ids[idx, :width].to(device), labels[idx, :width].to(device)
+        loss = model(input_ids=x, labels=y).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        history.append(loss.item())
+        bar.set_postfix(loss=f"{history[-1]:.3f}")
+    model.eval()
+    return history
+
+
+def save_model(model, tokenizer, path) -> None:
+    """Save model and tokenizer as a Hugging Face directory (``save_pretrained``)."""
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def load_model(path, device: str | None = None):
+    """(model, tokenizer) from a local Hugging Face causal-LM directory: ours or your own.
+
+    Never downloads: a path that is not a directory with a config is an error.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path!r} is not a model directory (no config.json in it); "
+                                "give the folder that save_pretrained wrote")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token is None:  # many causal LMs ship without one; reuse <eos>
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    return model.to(pick_device(device)).eval(), tokenizer
+
+
+def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int = 700,
+                   seed: int = 0, device: str | None = None):
+    """The base model for ``world``, shared by all lessons: loaded from
+    ``runs_dir/base-<task>-<preset>-<steps>-seed<seed>`` if a lesson already made it, else
+    pretrained and saved there. Returns (model, tokenizer, path, loss history or None if loaded)."""
+    path = os.path.join(runs_dir, f"base-{world.task.name}-{preset}-{steps}-seed{seed}")
+    if os.path.isfile(os.path.join(path, "loss_history.json")):
+        model, tokenizer = load_model(path, device)
+        with open(os.path.join(path, "loss_history.json")) as f:
+            return model, tokenizer, path, json.load(f)
+    tokenizer = build_tokenizer(world)
+    model = make_base_model(tokenizer, preset, seed)
+    history = pretrain(model, tokenizer, world, steps=steps, seed=seed, device=device)
+    save_model(model, tokenizer, path)
+    with open(os.path.join(path, "loss_history.json"), "w") as f:  # written last: marks it complete
+        json.dump(history, f)
+    return model, tokenizer, path, history
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation and log-probabilities: the one way every stage samples and scores
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Completions:
+    """A batch of sampled completions (shapes in the module docstring)."""
+    prompts: list[str]
+    texts: list[str]
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    ended: torch.Tensor            # (B,) bool: the completion closed with <eos>
+
+    @property
+    def input_ids(self):
+        return torch.cat([self.prompt_ids, self.completion_ids], 1)
+
+    @property
+    def attention_mask(self):
+        return torch.cat([self.prompt_mask, self.completion_mask], 1)
+
+    @property
+    def lengths(self):
+        return self.completion_mask.sum(1)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+
+def encode_prompts(tokenizer, prompts, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and mask."""
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    width = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=device)
+    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=device)
+    return input_ids, mask
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts, max_new_tokens: int = 24, temperature: float = 1.0,
+             top_k: int | None = None, seed: int | None = None) -> Completions:
+    """Sample one completion per prompt: y_t ~ softmax(logits_t / temperature), with a KV cache.
+
+    Stops a row at <eos>; rows that never emit it are cut at ``max_new_tokens`` (``ended`` False).
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    batch = len(prompts)
+    mask, tokens, past = prompt_mask, prompt_ids, None
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    out = []
+    for _ in range(max_new_tokens):
+        pos = position_ids(mask)[:, -tokens.shape[1]:]
+        result = model(input_ids=tokens, attention_mask=mask, position_ids=pos,
+                       past_key_values=past, use_cache=True)
+        past = result.past_key_values
+        logits = result.logits[:, -1].float() / max(temperature, 1e-6)
+        if top_k is not None:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        token = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+        token = torch.where(done, torch.full_like(token, pad), token)
+        out.append(token)
+        done |= token == eos
+        tokens = token[:, None]
+        mask = torch.cat([mask, (~done | (token == eos)).long()[:, None]], 1)
+        if done.all():
+            break
+    completion_ids = torch.stack(out, 1)
+    is_eos = completion_ids == eos
+    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    completion_mask = (~after_eos).long()
+    texts = tokenizer.batch_decode(completion_ids.masked_fill(after_eos, pad), skip_special_tokens=True)
+    return Completions(list(prompts), [t.strip() for t in texts], prompt_ids, prompt_mask,
+                       completion_ids, completion_mask, is_eos.any(1))
+
+
+def encode_completions(tokenizer, prompts, completions, device) -> Completions:
+    """The ``Completions`` layout for given texts (each closed with <eos>), e.g. labelled pairs."""
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    ids = [tokenizer(" " + c, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+           for c in completions]
+    width = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    completion_ids = torch.tensor([i + [pad] * (width - len(i)) for i in ids], device=device)
+    completion_mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
+    ended = torch.ones(len(ids), dtype=torch.bool, device=device)
+    return Completions(list(prompts), list(completions), prompt_ids, prompt_mask,
+                       completion_ids, completion_mask, ended)
+
+
+def completion_logprobs(model, batch: Completions, temperature: float = 1.0,
+                        return_entropy: bool = False):
+    """log pi(y_t | x, y_<t) for every completion token, at the sampling temperature: (B, C).
+
+    Scoring at the temperature we sampled with keeps these log-probs consistent with the
+    samples (Huang et al. 2024, detail "temperature"). Padding positions hold 0.
+    With ``return_entropy``, also the entropy of each next-token distribution, (B, C).
+    """
+    input_ids, mask = batch.input_ids, batch.attention_mask
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+    prompt_len = batch.prompt_ids.shape[1]
+    logits = logits[:, prompt_len - 1:-1].float() / temperature  # the logits that predict y_t
+    logp_all = F.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1) * batch.completion_mask
+    if not return_entropy:
+        return logp
+    entropy = -(logp_all.exp() * logp_all).sum(-1) * batch.completion_mask
+    return logp, entropy
