@@ -1,0 +1,89 @@
+"""Plots every lesson shares: a live training plot and a loss-curve helper (one of each).
+
+``LivePlot`` redraws one figure in place in a notebook as training goes (d2l's Animator idea);
+outside a notebook it only records, and ``save`` writes the final figure.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+        return get_ipython() is not None and "IPKernelApp" in get_ipython().config
+    except ImportError:
+        return False
+
+
+class LivePlot:
+    """One panel per metric, redrawn every ``every`` updates.
+
+    >>> plot = LivePlot(["reward", "kl"], title="PPO")
+    >>> plot.update(step, reward=1.0, kl=0.1)
+    """
+
+    def __init__(self, metrics, title: str = "", ncols: int = 3, every: int = 1, xlabel: str = "step"):
+        self.metrics, self.every, self.xlabel = list(metrics), every, xlabel
+        self.data = {m: ([], []) for m in self.metrics}
+        ncols = min(ncols, len(self.metrics))
+        nrows = math.ceil(len(self.metrics) / ncols)
+        self.fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 2.8 * nrows), squeeze=False)
+        self.axes = dict(zip(self.metrics, axes.flat))
+        for ax in list(axes.flat)[len(self.metrics):]:
+            ax.set_visible(False)
+        if title:
+            self.fig.suptitle(title)
+        self._handle = None
+        self._updates = 0
+        plt.close(self.fig)  # we display it ourselves, once
+
+    def update(self, step, **values) -> None:
+        for name, value in values.items():
+            if name in self.data and value is not None:
+                self.data[name][0].append(step)
+                self.data[name][1].append(float(value))
+        self._updates += 1
+        if self._updates % self.every == 0:
+            self.draw()
+
+    def draw(self) -> None:
+        for name, ax in self.axes.items():
+            ax.clear()
+            xs, ys = self.data[name]
+            ax.plot(xs, ys, color="tab:blue")
+            ax.set_title(name)
+            ax.set_xlabel(self.xlabel)
+            ax.grid(alpha=0.3)
+        self.fig.tight_layout()
+        if _in_notebook():
+            from IPython.display import display
+            if self._handle is None:
+                self._handle = display(self.fig, display_id=True)
+            else:
+                self._handle.update(self.fig)
+
+    def save(self, path) -> None:
+        self.draw()
+        self.fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def plot_curves(curves: dict, title: str = "", xlabel: str = "step", ax=None, smooth: int = 1):
+    """Plot named curves ({name: values}) on one axis, optionally with a moving average."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in curves.items():
+        values = list(values)
+        if smooth > 1 and len(values) >= smooth:
+            values = [sum(values[i - smooth + 1:i + 1]) / smooth for i in range(smooth - 1, len(values))]
+            ax.plot(range(smooth - 1, smooth - 1 + len(values)), values, label=name)
+        else:
+            ax.plot(values, label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    return ax
