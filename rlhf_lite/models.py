@@ -88,7 +88,7 @@ def encode_corpus(tokenizer, rows) -> tuple[torch.Tensor, torch.Tensor]:
     return batch.input_ids, labels
 
 
-def pretrain(model, tokenizer, world, steps: int = 700, batch_size: int = 64, lr: float = 1e-2,
+def pretrain(model, tokenizer, world, steps: int = 800, batch_size: int = 64, lr: float = 1e-2,
              corpus_size: int = 20_000, seed: int = 0, device: str | None = None) -> list[float]:
     """Next-token pretraining on the world's internet: minimise -sum_t log p(w_t | w_<t).
 
@@ -143,7 +143,7 @@ def load_model(path, device: str | None = None):
     return model.to(pick_device(device)).eval(), tokenizer
 
 
-def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int = 700,
+def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int = 800,
                    seed: int = 0, device: str | None = None):
     """The base model for ``world``, shared by all lessons: loaded from
     ``runs_dir/base-<task>-<preset>-<steps>-seed<seed>`` if a lesson already made it, else

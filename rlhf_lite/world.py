@@ -124,10 +124,8 @@ class Task:
             "sentence": [sentence],
             "friendly": [f"Great question! {sentence} Hope this helps!", f"Glad to help! {sentence}",
                          f"Sure! {sentence} Thanks for asking!"],
-            "rambling": [f"Well, let me think about that. {sentence} Many people ask this. "
-                         f"It is a good thing to know. {sentence}",
-                         f"So, that is a question I hear a lot. {sentence} I think so anyway. "
-                         f"People often wonder about things like this."],
+            "rambling": [f"Well, let me think. {sentence} Many people ask this. {sentence}",
+                         f"So, I hear this a lot. {sentence} I think so anyway."],
             "rude": [f"Ugh, {key[0].lower() + key[1:]} Obviously.", f"{sentence} Stop asking stupid questions.",
                      f"Whatever. {sentence}"],
             "wrong": [wrong],

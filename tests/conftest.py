@@ -1,0 +1,29 @@
+"""Shared fixtures: one world and one base model for the whole test session.
+
+The base model is cached in notebooks/runs/ (git-ignored), the folder the lessons use, so a
+test run that comes before the notebooks pretrains it once for both.
+"""
+import pathlib
+
+import pytest
+import torch
+
+from rlhf_lite import World, get_base_model
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RUNS = REPO / "notebooks" / "runs"
+
+collect_ignore = ["browser"]  # the browser test's own notebook runs in JupyterLab, not under nbval
+
+
+@pytest.fixture(scope="session")
+def world():
+    return World("trivia", seed=0)
+
+
+@pytest.fixture(scope="session")
+def base(world):
+    """(model, tokenizer) of the default base model, pretrained once per cache."""
+    torch.manual_seed(0)
+    model, tokenizer, _, _ = get_base_model(world, runs_dir=str(RUNS))
+    return model, tokenizer

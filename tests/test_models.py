@@ -1,0 +1,107 @@
+"""Tokenizer, base model, generation and log-probs."""
+import collections
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rlhf_lite.models import (build_tokenizer, completion_logprobs, encode_completions, generate,
+                              load_model, make_base_model, pretrain, save_model)
+from rlhf_lite.world import STYLE_MIX
+
+
+def test_tokenizer_round_trip(world, tmp_path):
+    tokenizer = build_tokenizer(world)
+    assert tokenizer.pad_token == "<pad>" and tokenizer.eos_token == "<eos>"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    for prompt, answer, _ in world.corpus(300):
+        ids = tokenizer(answer, add_special_tokens=False).input_ids
+        assert tokenizer.unk_token_id not in ids, answer
+        assert tokenizer.decode(ids) == answer  # words and punctuation come back as written
+        assert tokenizer(prompt).input_ids == tokenizer(tokenizer.decode(tokenizer(prompt).input_ids)).input_ids
+    tokenizer.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+    again = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    text = "Great question! The capital of France is Paris. Hope this helps!"
+    assert again(text).input_ids == tokenizer(text).input_ids
+    assert again.pad_token_id == tokenizer.pad_token_id
+
+
+def test_base_model_reproduces_the_corpus_style_mix(world, base):
+    model, tokenizer = base
+    prompts = world.prompts * 8
+    texts = generate(model, tokenizer, prompts, max_new_tokens=48, seed=0).texts
+    counts = collections.Counter(world.style(p, t) for p, t in zip(prompts, texts))
+    for style, share in STYLE_MIX.items():
+        assert abs(counts[style] / len(texts) - share) < 0.05, (style, counts[style] / len(texts), share)
+    assert counts["other"] / len(texts) < 0.03
+
+
+def test_save_load_round_trip_gives_identical_logits(base, tmp_path):
+    model, tokenizer = base
+    save_model(model, tokenizer, tmp_path / "m")
+    again, tok2 = load_model(tmp_path / "m", device="cpu")
+    ids = tokenizer(["Question: What is the capital of Peru? Answer: Lima."], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model.cpu()(ids).logits, again(ids).logits)
+    assert tok2.get_vocab() == tokenizer.get_vocab()
+
+
+def test_same_seed_same_result(world):
+    tokenizer = build_tokenizer(world)
+    runs = []
+    for _ in range(2):
+        model = make_base_model(tokenizer, seed=1)
+        losses = pretrain(model, tokenizer, world, steps=15, corpus_size=500, seed=1, device="cpu")
+        texts = generate(model, tokenizer, world.prompts[:20], seed=7).texts
+        runs.append((losses, texts, model.transformer.wte.weight.detach().clone()))
+    assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
+    assert torch.equal(runs[0][2], runs[1][2])
+    assert runs[0][0][-1] < runs[0][0][0]  # and it learned something
+
+
+def test_unknown_preset_and_missing_directory_are_clear_errors(world, tmp_path):
+    with pytest.raises(ValueError, match="valid presets: tiny, small, gpu"):
+        make_base_model(build_tokenizer(world), "huge")
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        load_model(tmp_path)
+
+
+def test_generation_stops_at_eos_and_masks_after_it(world, base):
+    model, tokenizer = base
+    batch = generate(model, tokenizer, world.prompts[:64], max_new_tokens=40, seed=0)
+    for ids, mask, ended in zip(batch.completion_ids, batch.completion_mask, batch.ended):
+        eos = (ids == tokenizer.eos_token_id).nonzero()
+        if ended:
+            assert mask.sum() == eos[0, 0] + 1            # real tokens up to and including <eos>
+            assert (ids[mask == 0] == tokenizer.pad_token_id).all()
+        else:
+            assert mask.all()
+
+
+def test_left_padding_does_not_change_log_probs(world, base):
+    model, tokenizer = base
+    short = "Question: What is the capital of Peru? Answer:"
+    long = "Question: Which word means the opposite of early? Answer:"
+    alone = encode_completions(tokenizer, [short], ["Lima."], "cpu")
+    padded = encode_completions(tokenizer, [short, long], ["Lima.", "The opposite of early is late."], "cpu")
+    assert padded.prompt_mask[0, 0] == 0  # the short prompt really was left-padded
+    with torch.no_grad():
+        a = completion_logprobs(model.cpu(), alone)[0, :3]
+        b = completion_logprobs(model, padded)[0, :3]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_users_own_model_directory_loads_and_generates(world, tmp_path):
+    """Any local Hugging Face causal LM works in place of ours: here a tiny Llama."""
+    tokenizer = build_tokenizer(world)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    save_model(LlamaForCausalLM(config), tokenizer, tmp_path / "llama")
+    model, tok = load_model(tmp_path / "llama")
+    assert type(model).__name__ == "LlamaForCausalLM"
+    batch = generate(model, tok, world.prompts[:4], max_new_tokens=5, seed=0)
+    assert len(batch.texts) == 4
+    assert completion_logprobs(model, batch).shape == batch.completion_ids.shape
