@@ -11,16 +11,11 @@ import warnings
 
 import pytest
 
-from rlhf_lite import SimulatedLabeler, World
+from rlhf_lite import SimulatedLabeler
 from rlhf_lite.models import build_tokenizer, make_base_model
 from rlhf_lite.preferences import (Comparison, LabelStore, LabelStoreError, LabelStoreLockedError,
                                    LabelStoreWarning, draw_pairs, fill_unlabeled, left_choice_rate,
                                    pair_key, read_trl_jsonl, shown_sides, write_trl_jsonl)
-
-
-@pytest.fixture(scope="module")
-def world():
-    return World()
 
 
 def world_pairs(world, n, seed=0):

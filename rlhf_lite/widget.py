@@ -1,0 +1,164 @@
+"""The pairwise labeling widget: you are the labeler of stage 1.
+
+It shows the labeling guidelines of the criteria you picked, the prompt, and two of the model's
+completions side by side. Which completion goes left is a coin flip seeded by the pair
+(``shown_sides``), so a habit of clicking "left" cannot favour either completion, and the store
+records the sides so that the habit can be measured (``left_choice_rate``).
+
+Every answer is written to the ``LabelStore`` (flushed and fsynced) *before* the next pair
+appears. Closing the tab or restarting the kernel loses nothing: a new widget on the same store
+file starts at the first pair you have neither labeled nor skipped. Undo records an undo event
+and brings the undone pair back.
+
+Keys, while the mouse is over the widget (they need the ``ipyevents`` package; without it the
+buttons work alone): ``<-`` or ``a`` A better, ``->`` or ``b`` B better, ``t`` tie, ``x`` both
+bad, ``s`` skip, ``u`` or Backspace undo. While the mouse is over it, JupyterLab's own
+single-key shortcuts (``a``, ``b``, ``x``...) do not reach the notebook.
+"""
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+
+from .preferences import pair_key, shown_sides
+from .world import get_criteria
+
+try:
+    from ipyevents import Event
+except ImportError:  # the buttons still work; only the keys need it
+    Event = None
+
+ACTIONS = {  # button description -> (the choice recorded, or skip/undo; its keys)
+    "A better": ("A", ("ArrowLeft", "a")),
+    "B better": ("B", ("ArrowRight", "b")),
+    "Tie": ("tie", ("t",)),
+    "Both bad": ("both_bad", ("x",)),
+    "Skip": ("skip", ("s",)),
+    "Undo": ("undo", ("u", "Backspace")),
+}
+KEY_LABELS = {"ArrowLeft": "\u2190", "ArrowRight": "\u2192", "Backspace": "Backspace"}
+
+
+def _keys_text(keys) -> str:
+    return " or ".join(KEY_LABELS.get(k, k) for k in keys)
+
+
+class LabelingWidget:
+    """Label ``pairs`` (``(prompt, completion_1, completion_2)`` tuples, as ``sample_pairs``
+    returns) into ``store`` as ``labeler`` ("you"), following ``criteria``'s guidelines.
+
+    Display the object in a notebook to show it. ``buttons`` maps each description ("A better",
+    "B better", "Tie", "Both bad", "Skip", "Undo") to its ``ipywidgets.Button``; ``current`` is
+    the pair on screen as (prompt, left, right, swapped), or None when every pair is done.
+    """
+
+    def __init__(self, store, pairs, criteria="helpful", seed: int = 0, labeler: str = "you"):
+        self.store, self.pairs, self.seed, self.labeler = store, list(pairs), seed, labeler
+        self.criteria = get_criteria(criteria)
+        if not self.pairs:
+            raise ValueError("no pairs to label: give a list of (prompt, completion_1, completion_2) "
+                             "tuples, e.g. from sample_pairs or draw_pairs")
+        store.lock()  # refuse now, not at the first click, when another process writes this file
+        self.buttons = {}
+        for name, (action, keys) in ACTIONS.items():
+            button = widgets.Button(description=name, tooltip=f"key: {_keys_text(keys)}",
+                                    button_style="info" if action in ("A", "B") else "",
+                                    layout=widgets.Layout(width="110px"))
+            button.on_click(lambda _, action=action: self.act(action))
+            self.buttons[name] = button
+        self._keys = {key: action for action, keys in ACTIONS.values() for key in keys}
+        shortcuts = " &nbsp;\u00b7&nbsp; ".join(f"<kbd>{html.escape(_keys_text(keys))}</kbd> {name}"
+                                              for name, (_, keys) in ACTIONS.items())
+        how = ("with the mouse over this widget" if Event is not None
+               else "(install the <code>ipyevents</code> package to use them)")
+        self._header = widgets.HTML(
+            f"<b>Which answer is better?</b> Criteria: <b>{html.escape(self.criteria.name)}</b>"
+            f"<div style='background:#f3f6fa;border-left:4px solid #4a7ab5;padding:4px 8px;margin:4px 0'>"
+            f"{html.escape(self.criteria.guidelines)}</div>")
+        self._progress_bar = widgets.IntProgress(min=0, max=len(self.pairs), layout=widgets.Layout(width="40%"))
+        self._progress = widgets.HTML()
+        self._prompt = widgets.HTML()
+        panel = dict(border="1px solid #bbb", padding="6px 10px", width="50%", min_height="60px")
+        self._left, self._right = widgets.HTML(layout=widgets.Layout(**panel)), widgets.HTML(layout=widgets.Layout(**panel))
+        self._status = widgets.HTML()
+        self.box = widgets.VBox([
+            self._header,
+            widgets.HBox([self._progress_bar, self._progress]),
+            self._prompt,
+            widgets.HBox([self._left, self._right]),
+            widgets.HBox(list(self.buttons.values())),
+            widgets.HTML(f"<small>Keys {how}: {shortcuts}</small>"),
+            self._status,
+        ], layout=widgets.Layout(border="1px solid #ddd", padding="8px"))
+        if Event is not None:
+            self._events = Event(source=self.box, watched_events=["keydown"], ignore_modifier_key_events=True)
+            self._events.on_dom_event(self._on_key)
+        self._show()
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.box._repr_mimebundle_(**kwargs)
+
+    @property
+    def current(self):
+        """(prompt, left, right, swapped) of the first pair you have neither labeled nor skipped."""
+        done = self.store.done(self.labeler)
+        pair = next((p for p in self.pairs if pair_key(p) not in done), None)
+        return None if pair is None else (pair[0], *shown_sides(pair, self.seed))
+
+    def act(self, action: str) -> None:
+        """Answer the pair on screen with a choice ("A", "B", "tie", "both_bad"), "skip" or "undo".
+        The store has it on disk before the widget moves on; if writing fails, it stays put."""
+        current = self.current
+        try:
+            if action == "undo":
+                undone = self.store.undo(self.labeler)
+                message = (f"undid your {undone.get('choice', 'skip')} on \u201c{undone['prompt']}\u201d"
+                           if undone else "nothing of yours to undo")
+            elif current is None:
+                message = "every pair is done; Undo brings back the last one"
+            else:
+                prompt, left, right, swapped = current
+                if action == "skip":
+                    event = self.store.skip(prompt, left, right, self.labeler, swapped=swapped)
+                else:
+                    event = self.store.label(prompt, left, right, action, self.labeler, swapped=swapped,
+                                             criteria=self.criteria.name)
+                message = f"saved #{event['id']}: {action}"
+        except Exception as error:  # a click handler's traceback would land in a hidden log
+            self._status.value = (f"<span style='color:#b00'><b>Not saved:</b> "
+                                  f"{html.escape(str(error))}</span>")
+            return
+        self._show(message)
+
+    def _on_key(self, event: dict) -> None:
+        if event.get("type") != "keydown" or event.get("repeat") or any(
+                event.get(m) for m in ("ctrlKey", "metaKey", "altKey")):
+            return
+        key = event.get("key", "")
+        action = self._keys.get(key if len(key) > 1 else key.lower())
+        if action is not None:
+            self.act(action)
+
+    def _show(self, message: str = "") -> None:
+        keys = {pair_key(p) for p in self.pairs}
+        labeled = sum(e["labeler"] == self.labeler and pair_key((e["prompt"], e["left"], e["right"])) in keys
+                      for e in self.store.current_labels())
+        done = len(keys & self.store.done(self.labeler))
+        self._progress_bar.value = done
+        self._progress.value = (f"&nbsp;<b>{done} / {len(keys)}</b> pairs done: {labeled} labeled "
+                                f"by {html.escape(self.labeler)}, {done - labeled} skipped")
+        current = self.current
+        for button in self.buttons.values():
+            button.disabled = current is None and button.description != "Undo"
+        if current is None:
+            self._prompt.value = ("<b>All pairs done.</b> Thank you! Run the next cell: it fills any "
+                                  "pair without a label with the simulated labeler.")
+            self._left.value = self._right.value = ""
+        else:
+            prompt, left, right, _ = current
+            self._prompt.value = f"<div style='font-size:1.1em;margin:6px 0'><b>Prompt:</b> {html.escape(prompt)}</div>"
+            for panel, side, text in ((self._left, "A (left)", left), (self._right, "B (right)", right)):
+                shown = html.escape(text) if text.strip() else "<i>(an empty answer)</i>"
+                panel.value = f"<b>{side}</b><div style='margin-top:4px'>{shown}</div>"
+        self._status.value = f"<small style='color:#555'>{html.escape(message)}</small>"
