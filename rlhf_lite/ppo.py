@@ -1,0 +1,513 @@
+"""Stage 3: PPO against the reward model (the RL step of InstructGPT), in one file.
+
+The RL view (seed, section 4): the **agent** is the policy (our language model), the
+**environment** is the reward model, the **state** s_t is the context so far (prompt x and the
+tokens y_<t written so far), an **action** is the next token y_t, and the episode ends at <eos>.
+The reward model scores the finished completion once; a per-token KL penalty keeps the policy
+near the frozen reference (the base model), so it cannot drift into text the reward model has
+never seen and happens to over-rate:
+
+    r_t = -beta * kl_t                       for every completion token t
+    r_T = -beta * kl_T + score(x, y)         on the last token T (Ziegler et al. 2019)
+    kl_t = log pi(y_t | s_t) - log pi_ref(y_t | s_t)          (the "k1" estimator)
+
+Symbols and shapes (B = episodes in a batch, C = completion tokens):
+
+    symbol              shape   meaning
+    x, y                        prompt, completion (one episode)
+    m_t                 (B, C)  1 on real completion tokens (<eos> included), 0 on padding
+    logp_t              (B, C)  log pi(y_t | s_t) at the sampling temperature
+    logp_ref_t          (B, C)  the same under the frozen reference policy
+    score               (B,)    reward model's score of (x, y), normalised (or reward_fn's)
+    r_t                 (B, C)  per-token reward, as above
+    V_t                 (B, C)  value model's estimate of the return from s_t
+    A_t                 (B, C)  advantage (GAE), R_t = A_t + V_t the value target
+    rho_t               (B, C)  exp(logp_t - logp_old_t): new policy over the sampling policy
+
+One iteration: sample B completions (``generate``), score them, compute logp_old, logp_ref and
+V_old once under no_grad, rewards and advantages, then ``ppo_epochs`` passes of minibatch
+updates of the clipped losses. Each implementation detail is a field of ``PPOConfig`` that can be
+switched off, so a lesson can show what happens without it. Sources: Schulman et al. 2017
+(PPO), Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences"), Huang et al.
+2024 ("The N Implementation Details of RLHF with PPO"), Schulman 2020 ("Approximating KL
+Divergence", http://joschu.net/blog/kl-approx.html).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import time
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .models import Completions, completion_logprobs, generate, position_ids
+
+
+@dataclasses.dataclass
+class PPOConfig:
+    steps: int = 40
+    """PPO iterations (one batch of episodes each). Tens on the tiny model; hundreds on a GPU."""
+    batch_size: int = 64
+    """Episodes (prompt + sampled completion) per iteration; usually 32 to 512."""
+    minibatch_size: int = 32
+    """Episodes per gradient step; batch_size / minibatch_size steps per epoch. Usually 8 to 64."""
+    ppo_epochs: int = 4
+    """Passes over each batch; 1 to 4 (more reuses samples harder, and clips more)."""
+    learning_rate: float = 5e-4
+    """Adam step size for policy and value model. 1e-6 to 1e-5 for large models; 1e-4 to 1e-3 here."""
+    max_new_tokens: int = 24
+    """Longest completion; a completion cut here has no <eos> (see missing_eos_penalty)."""
+    temperature: float = 1.0
+    """Sampling temperature; 0.7 to 1. Log-probs are computed at the same temperature."""
+    kl_coef: float = 0.1
+    """beta, the initial weight of the per-token KL penalty; 0.01 to 0.3. 0 turns the penalty off."""
+    kl_estimator: str = "k1"
+    """Per-token KL estimate: "k1" = log pi - log pi_ref, "k2", "k3" (Schulman 2020); see kl_penalty."""
+    adaptive_kl: bool = True
+    """Adapt beta towards target_kl (Ziegler et al. 2019); False keeps beta fixed at kl_coef."""
+    target_kl: float = 3.0
+    """KL (nats per completion) the adaptive controller aims at; Ziegler et al. used 6 to 10."""
+    kl_horizon: int = 2000
+    """Episodes over which the adaptive controller closes the gap; Ziegler et al. used 10,000."""
+    missing_eos_penalty: float | None = 1.0
+    """Subtracted from the score of a completion cut before <eos> (TRL; Huang et al. 2024 set it
+    to -1 instead); 0.5 to 3. None turns it off."""
+    normalize_reward: bool = True
+    """Scale a reward *function* to mean 0, std 1 on the base model's samples (Ziegler et al.
+    2019); a RewardModel is normalised already."""
+    whiten_rewards: bool = False
+    """Whiten the per-token rewards in each batch (TRL's option; no mean shift)."""
+    gamma: float = 1.0
+    """Discount per token; 1 in RLHF (the episode is short and the score comes at the end)."""
+    lam: float = 0.95
+    """GAE lambda: 0 = one-step TD (low variance, biased), 1 = Monte Carlo returns. 0.9 to 1."""
+    whiten_advantages: bool = True
+    """Normalise advantages to mean 0, std 1 in each batch (Huang et al. 2024)."""
+    clip_range: float | None = 0.2
+    """epsilon of the clipped policy loss; 0.1 to 0.3. None = no clipping (plain ratio objective)."""
+    clip_range_value: float | None = 0.2
+    """How far a value estimate may move from V_old per iteration; 0.1 to 0.3. None = unclipped."""
+    value_coef: float = 0.1
+    """Weight of the value loss in the total loss; 0.1 (TRL) to 1."""
+    value_init: str = "reward_model"
+    """Value model initialised from the "reward_model" (InstructGPT) or the "policy" with a fresh
+    head (also the fallback when the reward is a plain function)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this; 0.5 to 1. None = no clipping."""
+    logprobs_at_sampling_temperature: bool = True
+    """Score log-probs with logits / temperature, as sampled (Huang et al. 2024); False uses 1."""
+    disable_dropout: bool = True
+    """Train in eval mode so dropout cannot make logp_old and logp disagree (Huang et al. 2024)."""
+    log_samples: int = 3
+    """Sample texts kept in each iteration's log."""
+    seed: int = 0
+    """Seeds prompt order, sampling and minibatch order."""
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PPOConfig.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ValueError(f"PPOConfig.kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
+        if self.value_init not in ("reward_model", "policy"):
+            raise ValueError(f"PPOConfig.value_init must be 'reward_model' or 'policy', got {self.value_init!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces, each a small function with its equation
+# ---------------------------------------------------------------------------------------------
+
+def _mean(values) -> float:
+    values = [float(v) for v in values]
+    return sum(values) / len(values)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the real tokens; with shift_mean False the mean is added back."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return (out if shift_mean else out + mean) * mask
+
+
+def kl_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from the sampled token, (B, C).
+
+    With log r = logp_ref - logp (y_t sampled from pi), Schulman 2020:
+      k1 = -log r = logp - logp_ref      unbiased, can be negative per token (Ziegler; TRL default)
+      k2 = (log r)^2 / 2                 biased, low variance, >= 0
+      k3 = (r - 1) - log r               unbiased and >= 0
+    All are zero when pi = pi_ref.
+    """
+    log_r = logp_ref - logp
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return 0.5 * log_r ** 2
+    return torch.expm1(log_r) - log_r
+
+
+def per_token_rewards(scores, kl, mask, kl_coef: float) -> torch.Tensor:
+    """r_t = -beta * kl_t, plus the sequence score on the last real token (Ziegler et al. 2019)."""
+    rewards = -kl_coef * kl * mask
+    last = (mask.sum(1) - 1).clamp(min=0).long()
+    return rewards.scatter_add(1, last[:, None], scores[:, None].to(rewards.dtype))
+
+
+def gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
+    """Generalised advantage estimation (Schulman et al. 2016), vectorised over the batch:
+
+        delta_t = r_t + gamma * V_{t+1} - V_t          (V after the last token = 0)
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        R_t     = A_t + V_t                            (the value model's target)
+
+    Returns (advantages, returns), both (B, C) and 0 on padding.
+    """
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):   # the one loop over tokens: the recursion
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+        next_value = values[:, t]
+    advantages = advantages * mask
+    return advantages, advantages + values
+
+
+def policy_loss(logp, logp_old, advantages, mask, clip_range: float | None = 0.2):
+    """The clipped surrogate objective of PPO (Schulman et al. 2017), as a loss to minimise:
+
+        rho_t = exp(logp_t - logp_old_t)
+        L     = -mean_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)
+
+    Returns (loss, clip fraction, approx-KL(pi_old || pi)); the last two are diagnostics.
+    """
+    log_ratio = logp - logp_old
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    if clip_range is None:
+        loss, clipfrac = masked_mean(unclipped, mask), torch.zeros(())
+    else:
+        clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+        loss = masked_mean(torch.max(unclipped, clipped), mask)
+        clipfrac = masked_mean(((ratio - 1).abs() > clip_range).float(), mask)
+    approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)  # k3 (Schulman 2020), as CleanRL
+    return loss, clipfrac.detach(), approx_kl.detach()
+
+
+def value_loss(values, values_old, returns, mask, clip_range_value: float | None = 0.2):
+    """Clipped value loss (Huang et al. 2024, as in OpenAI's baselines):
+
+        V_clip = V_old + clip(V - V_old, -eps_v, eps_v)
+        L_V    = 1/2 mean_t max((V_t - R_t)^2, (V_clip_t - R_t)^2)
+    """
+    loss = (values - returns) ** 2
+    if clip_range_value is not None:
+        clipped = values_old + torch.clamp(values - values_old, -clip_range_value, clip_range_value)
+        loss = torch.max(loss, (clipped - returns) ** 2)
+    return 0.5 * masked_mean(loss, mask)
+
+
+def explained_variance(values, returns, mask) -> float:
+    """1 - Var(R - V) / Var(R): 1 = perfect value model, 0 = no better than a constant."""
+    var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    residual = returns - values
+    var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return float(1 - var_residual / var_returns.clamp(min=1e-8))
+
+
+class FixedKLController:
+    """beta stays at its initial value."""
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, kl: float, n_episodes: int) -> None:
+        pass
+
+
+class AdaptiveKLController(FixedKLController):
+    """Ziegler et al. 2019: nudge beta so that the KL tracks a target.
+
+        e       = clip(KL / KL_target - 1, -0.2, 0.2)
+        beta   <- beta * (1 + e * n_episodes / horizon)
+    """
+    def __init__(self, kl_coef: float, target: float, horizon: int):
+        super().__init__(kl_coef)
+        self.target, self.horizon = target, horizon
+
+    def update(self, kl: float, n_episodes: int) -> None:
+        error = min(max(kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_episodes / self.horizon
+
+
+# ---------------------------------------------------------------------------------------------
+# Value model and rewards
+# ---------------------------------------------------------------------------------------------
+
+class ValueModel(nn.Module):
+    """V(s_t) for every completion token: a transformer and a scalar head read at each position.
+
+    From a RewardModel (InstructGPT; TRL's last PPO): a copy of its transformer and ``score`` head,
+    with the reward's normalisation folded into the head, so V(s_T) starts at the normalised
+    score. From a causal LM: a copy of its transformer and a fresh zero head.
+    """
+    def __init__(self, backbone: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    @classmethod
+    def from_reward_model(cls, reward_model) -> "ValueModel":
+        score = reward_model.model.score
+        head = nn.Linear(score.in_features, 1).to(score.weight.device)
+        with torch.no_grad():
+            head.weight.copy_(score.weight / reward_model.std)
+            head.bias.fill_(-float(reward_model.mean) / float(reward_model.std))
+        return cls(copy.deepcopy(reward_model.model.base_model), head)
+
+    @classmethod
+    def from_policy(cls, policy) -> "ValueModel":
+        head = nn.Linear(policy.config.hidden_size, 1).to(policy.device)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        return cls(copy.deepcopy(policy.base_model), head)
+
+    def forward(self, batch: Completions) -> torch.Tensor:
+        ids, mask = batch.input_ids, batch.attention_mask
+        hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
+        values = self.head(hidden).squeeze(-1).float()
+        return values[:, batch.prompt_ids.shape[1] - 1:-1] * batch.completion_mask  # V(x, y_<t)
+
+
+def is_reward_model(reward) -> bool:
+    return hasattr(reward, "score_completions")
+
+
+def take(batch: Completions, idx: torch.Tensor) -> Completions:
+    """The episodes ``idx`` of a batch (a minibatch)."""
+    rows = idx.tolist()
+    return Completions([batch.prompts[i] for i in rows], [batch.texts[i] for i in rows],
+                       batch.prompt_ids[idx], batch.prompt_mask[idx], batch.completion_ids[idx],
+                       batch.completion_mask[idx], batch.ended[idx])
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One batch of episodes and everything PPO computes from it (shapes in the module docstring)."""
+    batch: Completions
+    logp: torch.Tensor
+    logp_ref: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor          # (B,) the reward used, after normalisation and EOS penalty
+    raw_scores: torch.Tensor      # (B,) the reward model's (or reward_fn's) own score
+    kl: torch.Tensor              # (B, C) per-token KL estimate
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+class PPOTrainer:
+    """PPO fine-tuning of ``policy`` against ``reward``.
+
+    reward: a ``RewardModel`` (has ``score_completions``) or any function
+        ``reward_fn(prompts, completions) -> floats``, e.g. ``lambda p, c: world.gold_many(p, c)``.
+    gold_fn: optional ``(prompts, completions) -> floats``, logged only, never trained on.
+
+    The trainer trains a copy of ``policy`` (``trainer.policy``); ``trainer.reference`` is a
+    frozen copy of the model as given, so the caller's model stays the base model.
+    """
+
+    def __init__(self, policy, tokenizer, reward, prompts, config: PPOConfig | None = None,
+                 gold_fn=None):
+        self.config = config = config or PPOConfig()
+        if not prompts:
+            raise ValueError("PPOTrainer needs a non-empty list of training prompts")
+        if not (is_reward_model(reward) or callable(reward)):
+            raise TypeError("reward must be a RewardModel or a function (prompts, completions) -> floats")
+        self.tokenizer, self.reward, self.gold_fn, self.prompts = tokenizer, reward, gold_fn, list(prompts)
+        self.device = next(policy.parameters()).device
+        # --- set up: policy, frozen reference, value model (InstructGPT; Huang et al. 2024)
+        self.policy = copy.deepcopy(policy)
+        self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        if config.value_init == "reward_model" and is_reward_model(reward):
+            self.value_model = ValueModel.from_reward_model(reward).to(self.device)
+        else:
+            self.value_model = ValueModel.from_policy(policy)
+        for model in (self.policy, self.value_model):
+            model.train(not config.disable_dropout)   # eval mode = dropout off (Huang et al. 2024)
+        self.optimizer = torch.optim.Adam(list(self.policy.parameters()) + list(self.value_model.parameters()),
+                                          lr=config.learning_rate, eps=1e-5)  # eps 1e-5: CleanRL, Huang et al.
+        self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+                              if config.adaptive_kl else FixedKLController(config.kl_coef))
+        self.rng = random.Random(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.iteration, self.history = 0, []
+        self.reward_mean, self.reward_std = 0.0, 1.0
+        if config.normalize_reward and not is_reward_model(reward):
+            self._fit_reward_normalisation()
+
+    # --- collect ------------------------------------------------------------------------------
+
+    def sample(self, prompts, seed=None) -> Completions:
+        cfg = self.config
+        return generate(self.policy, self.tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=seed)
+
+    @torch.no_grad()
+    def raw_score(self, batch: Completions) -> torch.Tensor:
+        """The reward model's (or reward function's) score of each episode, (B,)."""
+        if is_reward_model(self.reward):
+            return self.reward.score_completions(batch).float().to(self.device)
+        return torch.as_tensor(list(self.reward(batch.prompts, batch.texts)), dtype=torch.float,
+                               device=self.device)
+
+    def _fit_reward_normalisation(self, n: int = 256) -> None:
+        """Gain and bias so the reward has mean 0, std 1 on the base model's samples (Ziegler et al. 2019)."""
+        prompts = [self.rng.choice(self.prompts) for _ in range(n)]
+        scores = self.raw_score(generate(self.reference, self.tokenizer, prompts, self.config.max_new_tokens,
+                                         self.config.temperature, seed=self.config.seed + 10_000))
+        self.reward_mean, self.reward_std = float(scores.mean()), float(scores.std().clamp(min=1e-6))
+
+    def logprobs(self, model, batch, return_entropy=False):
+        temperature = self.config.temperature if self.config.logprobs_at_sampling_temperature else 1.0
+        return completion_logprobs(model, batch, temperature, return_entropy)
+
+    @torch.no_grad()
+    def rollout(self, prompts, seed=None, timings=None) -> Rollout:
+        """Sample completions for ``prompts`` and compute rewards and advantages (no update)."""
+        cfg, timings = self.config, timings if timings is not None else {}
+        start = time.perf_counter()
+        batch = self.sample(prompts, seed)
+        timings["generation"] = time.perf_counter() - start
+        start = time.perf_counter()
+        mask = batch.completion_mask.float()
+        raw = self.raw_score(batch)
+        scores = (raw - self.reward_mean) / self.reward_std
+        if cfg.missing_eos_penalty is not None:                 # Huang et al. 2024 ("EOS trick"), TRL
+            scores = scores - cfg.missing_eos_penalty * (~batch.ended).float()
+        logp, entropy = self.logprobs(self.policy, batch, return_entropy=True)   # once per batch
+        logp_ref = self.logprobs(self.reference, batch)
+        values = self.value_model(batch)
+        timings["scoring"] = time.perf_counter() - start
+        kl = kl_penalty(logp, logp_ref, cfg.kl_estimator) * mask
+        rewards = per_token_rewards(scores, kl, mask, self.kl_controller.value)
+        if cfg.whiten_rewards:                                   # TRL's whiten_rewards
+            rewards = whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:                                # Huang et al. 2024
+            advantages = whiten(advantages, mask)
+        return Rollout(batch, logp, logp_ref, entropy, values, scores, raw, kl, rewards, advantages, returns)
+
+    # --- update -------------------------------------------------------------------------------
+
+    def update(self, ro: Rollout) -> dict:
+        """``ppo_epochs`` passes of minibatch steps on the clipped policy and value losses."""
+        cfg = self.config
+        mask = ro.batch.completion_mask.float()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        stats = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": []}
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(len(ro.batch.texts), generator=self.generator).to(self.device)
+            for idx in order.split(cfg.minibatch_size):
+                minibatch = take(ro.batch, idx)
+                logp = self.logprobs(self.policy, minibatch)       # one forward of the policy
+                pg_loss, clipfrac, approx_kl = policy_loss(logp, ro.logp[idx], ro.advantages[idx],
+                                                           mask[idx], cfg.clip_range)
+                vf_loss = value_loss(self.value_model(minibatch), ro.values[idx], ro.returns[idx],
+                                     mask[idx], cfg.clip_range_value)
+                loss = pg_loss + cfg.value_coef * vf_loss
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                for key, value in zip(stats, (pg_loss, vf_loss, clipfrac, approx_kl)):
+                    stats[key].append(value.item())
+        return {key: sum(v) / len(v) for key, v in stats.items()}
+
+    # --- log ----------------------------------------------------------------------------------
+
+    def step(self) -> dict:
+        """One PPO iteration: collect a batch, update, and return its log entry."""
+        cfg = self.config
+        prompts = [self.rng.choice(self.prompts) for _ in range(cfg.batch_size)]
+        timings = {}
+        ro = self.rollout(prompts, seed=cfg.seed * 100_003 + self.iteration, timings=timings)
+        start = time.perf_counter()
+        update_stats = self.update(ro)
+        timings["update"] = time.perf_counter() - start
+        mask = ro.batch.completion_mask.float()
+        kl = ro.kl.sum(1).mean().item()
+        entry = {
+            "iteration": self.iteration,
+            "episodes": (self.iteration + 1) * cfg.batch_size,
+            "reward": ro.raw_scores.mean().item(),
+            "gold": _mean(self.gold_fn(ro.batch.prompts, ro.batch.texts)) if self.gold_fn else None,
+            "kl": kl,
+            "kl_coef": self.kl_controller.value,
+            "entropy": masked_mean(ro.entropy, mask).item(),
+            "explained_variance": explained_variance(ro.values, ro.returns, mask),
+            "length": ro.batch.lengths.float().mean().item(),
+            "eos_fraction": ro.batch.ended.float().mean().item(),
+            **update_stats,
+            "seconds": dict(timings),
+            "samples": [(p, t, s) for p, t, s in zip(ro.batch.prompts, ro.batch.texts,
+                                                     ro.raw_scores.tolist())][:cfg.log_samples],
+        }
+        self.kl_controller.update(kl, cfg.batch_size)
+        self.iteration += 1
+        self.history.append(entry)
+        return entry
+
+    def train(self, steps: int | None = None, plot=None, progress: bool = True) -> list[dict]:
+        """Run ``steps`` iterations (default ``config.steps``); ``plot``: a ``LivePlot`` to update."""
+        for _ in (bar := tqdm(range(steps or self.config.steps), desc="PPO", disable=not progress)):
+            entry = self.step()
+            bar.set_postfix(reward=f"{entry['reward']:.2f}", kl=f"{entry['kl']:.2f}",
+                            **({"gold": f"{entry['gold']:.2f}"} if entry["gold"] is not None else {}))
+            if plot is not None:
+                plot.update(entry["episodes"], **{k: v for k, v in entry.items() if isinstance(v, float)})
+        return self.history
+
+
+def episode_steps(rollout: Rollout, i: int, tokenizer) -> list[dict]:
+    """Episode ``i`` of a rollout as RL steps: state s_t (the completion so far), action y_t,
+    pi(y_t | s_t), pi_ref(y_t | s_t), kl_t, r_t, V_t and A_t. For showing, not for training."""
+    n = int(rollout.batch.completion_mask[i].sum())
+    actions = tokenizer.convert_ids_to_tokens(rollout.batch.completion_ids[i, :n].tolist())
+    column = lambda x: x[i, :n].tolist()  # noqa: E731
+    return [dict(t=t, state=" ".join(actions[:t]), action=a, prob=p, prob_ref=q, kl=k, reward=r, value=v, advantage=adv)
+            for t, (a, p, q, k, r, v, adv) in enumerate(zip(
+                actions, column(rollout.logp.exp()), column(rollout.logp_ref.exp()), column(rollout.kl),
+                column(rollout.rewards), column(rollout.values), column(rollout.advantages)))]
+
+
+PLOT_METRICS = ("reward", "gold", "kl", "entropy", "clipfrac", "explained_variance")
+"""The panels a live PPO plot shows: ``LivePlot(PLOT_METRICS, xlabel="episodes")``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: the policy against the base model, judged by gold
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def gold_win_rate(policy, base, tokenizer, prompts, gold_fn, samples_per_prompt: int = 4,
+                  max_new_tokens: int = 24, temperature: float = 1.0, seed: int = 0) -> float:
+    """P(gold(policy's sample) > gold(base's sample)) on ``prompts``, head to head; ties count 1/2."""
+    batch = [p for p in prompts for _ in range(samples_per_prompt)]
+    ours = generate(policy, tokenizer, batch, max_new_tokens, temperature, seed=seed).texts
+    theirs = generate(base, tokenizer, batch, max_new_tokens, temperature, seed=seed + 1).texts
+    wins = [(a > b) + 0.5 * (a == b) for a, b in zip(gold_fn(batch, ours), gold_fn(batch, theirs))]
+    return sum(wins) / len(wins)

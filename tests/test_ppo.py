@@ -1,0 +1,165 @@
+"""PPO: its pieces against hand computations, and short real runs that must improve the policy."""
+import dataclasses
+
+import pytest
+import torch
+
+from rlhf_lite.models import generate
+from rlhf_lite.ppo import (AdaptiveKLController, PPOConfig, PPOTrainer, ValueModel, gae, gold_win_rate, kl_penalty,
+                           per_token_rewards, policy_loss, value_loss, whiten)
+from rlhf_lite.preferences import make_preference_dataset
+from rlhf_lite.reward_model import train_reward_model
+from rlhf_lite.world import SimulatedLabeler
+
+
+def test_gae_matches_a_hand_computation():
+    # gamma 0.9, lambda 0.8; the second episode is one token shorter (its last column is padding).
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.5, 2.0, 0.0]])
+    values = torch.tensor([[0.5, 0.2, 0.4], [1.0, -1.0, 3.0]])   # 3.0 sits on padding: ignored
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    advantages, returns = gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    # episode 1: delta_2 = 1 - 0.4 = 0.6; delta_1 = 0.9*0.4 - 0.2 = 0.16; delta_0 = 0.9*0.2 - 0.5 = -0.32
+    #   A_2 = 0.6, A_1 = 0.16 + 0.72*0.6 = 0.592, A_0 = -0.32 + 0.72*0.592 = 0.10624
+    # episode 2: delta_1 = 2 - (-1) = 3 (no value after the last token); delta_0 = 0.5 + 0.9*(-1) - 1 = -1.4
+    #   A_1 = 3, A_0 = -1.4 + 0.72*3 = 0.76
+    assert torch.allclose(advantages, torch.tensor([[0.10624, 0.592, 0.6], [0.76, 3.0, 0.0]]))
+    assert torch.allclose(returns, torch.tensor([[0.60624, 0.792, 1.0], [1.76, 2.0, 0.0]]))
+    # lambda = 1, gamma = 1: the advantage is the plain return-to-go minus the value
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert torch.allclose(returns, torch.tensor([[1.0, 1.0, 1.0], [2.5, 2.0, 0.0]]))
+
+
+def test_clipped_objective_matches_a_hand_computation():
+    ratios = torch.tensor([[1.5, 0.5, 1.1, 0.5, 9.0]])
+    advantages = torch.tensor([[1.0, 1.0, -2.0, -1.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])               # the last token is padding
+    logp_old = torch.tensor([[-1.0, -2.0, -0.5, -3.0, -1.0]])
+    loss, clipfrac, approx_kl = policy_loss(logp_old + ratios.log(), logp_old, advantages, mask, clip_range=0.2)
+    # min(rho A, clip(rho, 0.8, 1.2) A): min(1.5, 1.2) = 1.2; min(0.5, 0.8) = 0.5;
+    # min(-2.2, -2.2) = -2.2; min(-0.5, -0.8) = -0.8. Loss = -mean = -(1.2 + 0.5 - 2.2 - 0.8) / 4
+    assert torch.isclose(loss, torch.tensor(1.3 / 4))
+    assert torch.isclose(clipfrac, torch.tensor(3 / 4))              # 1.5, 0.5 and 0.5 lie outside [0.8, 1.2]
+    r = ratios[0, :4]
+    assert torch.isclose(approx_kl, ((r - 1) - r.log()).mean())
+    loss, _, _ = policy_loss(logp_old + ratios.log(), logp_old, advantages, mask, clip_range=None)
+    assert torch.isclose(loss, -(1.5 + 0.5 - 2.2 - 0.5) / torch.tensor(4.0))   # no clipping: -mean(rho A)
+
+
+def test_clipped_value_loss_matches_a_hand_computation():
+    values, values_old = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.1]])
+    returns, mask = torch.tensor([[2.0, 0.0]]), torch.ones(1, 2)
+    # token 0: V moved 0.5 > 0.2, so V_clip = 0.7: max((1-2)^2, (0.7-2)^2) = 1.69; token 1: max(0, 0) = 0
+    assert torch.isclose(value_loss(values, values_old, returns, mask, 0.2), torch.tensor(0.5 * 1.69 / 2))
+    assert torch.isclose(value_loss(values, values_old, returns, mask, None), torch.tensor(0.5 * 1.0 / 2))
+
+
+def test_kl_estimators_and_per_token_rewards():
+    logp, logp_ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
+    assert torch.allclose(kl_penalty(logp, logp_ref, "k1"), torch.tensor([[0.5, -1.0]]))
+    assert torch.allclose(kl_penalty(logp, logp_ref, "k2"), torch.tensor([[0.125, 0.5]]))
+    log_r = logp_ref - logp
+    assert torch.allclose(kl_penalty(logp, logp_ref, "k3"), log_r.exp() - 1 - log_r)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.0, 0.0]])
+    rewards = per_token_rewards(torch.tensor([1.0, -2.0]), kl, mask, kl_coef=0.5)
+    assert torch.allclose(rewards, torch.tensor([[-0.05, -0.1, -0.15 + 1.0], [-0.2 - 2.0, 0.0, 0.0]]))
+
+
+def test_whiten_and_adaptive_kl_controller():
+    x, mask = torch.tensor([[1.0, 2.0, 3.0, 99.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w = whiten(x, mask)
+    assert torch.isclose(w[0, :3].mean(), torch.tensor(0.0), atol=1e-6) and w[0, 3] == 0
+    assert torch.isclose(w[0, :3].pow(2).mean(), torch.tensor(1.0), atol=1e-4)
+    controller = AdaptiveKLController(0.1, target=3.0, horizon=1000)
+    controller.update(kl=30.0, n_episodes=100)           # far above target: error clipped at +0.2
+    assert controller.value == pytest.approx(0.1 * 1.02)
+    controller.update(kl=0.0, n_episodes=100)            # below target: beta shrinks
+    assert controller.value == pytest.approx(0.1 * 1.02 * 0.98)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="batch_size"):
+        PPOConfig(batch_size=0)
+    with pytest.raises(ValueError, match="kl_estimator"):
+        PPOConfig(kl_estimator="k9")
+
+
+def gold(world):
+    return lambda prompts, texts: world.gold_many(prompts, texts)
+
+
+def test_kl_penalty_is_zero_when_the_policy_is_the_reference(world, base):
+    model, tokenizer = base
+    for estimator in ("k1", "k2", "k3"):
+        trainer = PPOTrainer(model, tokenizer, gold(world), world.prompts, PPOConfig(kl_estimator=estimator))
+        rollout = trainer.rollout(world.prompts[:32], seed=0)
+        assert rollout.kl.abs().max() < 1e-5, estimator
+        # then the only reward is the score, on each completion's last token
+        assert torch.allclose(rollout.rewards.sum(1), rollout.scores, atol=1e-5)
+        last = rollout.batch.completion_mask.sum(1) - 1
+        assert torch.allclose(rollout.rewards.gather(1, last[:, None]).squeeze(1), rollout.scores, atol=1e-5)
+
+
+def test_every_detail_can_be_switched_off(world, base):
+    model, tokenizer = base
+    config = PPOConfig(batch_size=16, minibatch_size=8, ppo_epochs=1, kl_coef=0.0, adaptive_kl=False,
+                       missing_eos_penalty=None, normalize_reward=False, whiten_advantages=False, clip_range=None,
+                       clip_range_value=None, max_grad_norm=None, logprobs_at_sampling_temperature=False,
+                       disable_dropout=False, temperature=0.8, lam=1.0)
+    trainer = PPOTrainer(model, tokenizer, gold(world), world.prompts, config)
+    entry = trainer.step()
+    assert entry["kl_coef"] == 0.0 and all(torch.isfinite(torch.tensor(entry[k])) for k in
+                                           ("policy_loss", "value_loss", "approx_kl", "entropy"))
+    assert trainer.reward_mean == 0.0 and trainer.reward_std == 1.0
+
+
+@pytest.fixture(scope="module")
+def reward_model(world, base):
+    model, tokenizer = base
+    labeler = SimulatedLabeler(world, "helpful", seed=0)
+    comparisons = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=600, seed=0)
+    reward_model, _ = train_reward_model(model, tokenizer, comparisons, max_new_tokens=world.max_new_tokens)
+    return reward_model
+
+
+def test_short_ppo_run_raises_reward_model_score_and_gold(world, base, reward_model):
+    model, tokenizer = base
+    train_prompts, _ = world.split_prompts()
+    config = PPOConfig(steps=12, max_new_tokens=world.max_new_tokens, seed=0)
+    trainer = PPOTrainer(model, tokenizer, reward_model, train_prompts, config, gold_fn=gold(world))
+    history = trainer.train(progress=False)
+    first = {k: sum(e[k] for e in history[:2]) / 2 for k in ("reward", "gold")}
+    last = {k: sum(e[k] for e in history[-2:]) / 2 for k in ("reward", "gold")}
+    assert last["reward"] > first["reward"] + 0.5, (first, last)
+    assert last["gold"] > first["gold"] + 1.0, (first, last)
+    assert history[-1]["kl"] < 10.0                      # nats per completion: still near the reference
+    # the caller's model is still the base model: the trainer trained a copy
+    for p, q in zip(model.parameters(), trainer.reference.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_value_model_starts_as_the_reward_model_read_at_every_position(world, base, reward_model):
+    model, tokenizer = base
+    batch = generate(model, tokenizer, world.prompts[:16], world.max_new_tokens, seed=0)
+    values = ValueModel.from_reward_model(reward_model)(batch)
+    # V at the <eos> position reads the state just before it: the completion without <eos>
+    last = batch.completion_mask.sum(1) - 1
+    mask = batch.attention_mask.clone()
+    mask[torch.arange(16), batch.prompt_ids.shape[1] + last] = 0
+    with torch.no_grad():
+        expected = reward_model.normalise(reward_model(batch.input_ids, mask))
+    assert torch.allclose(values.gather(1, last[:, None]).squeeze(1), expected, atol=1e-4)
+
+
+def test_gold_win_rate_of_a_model_against_itself_is_about_a_half(world, base):
+    model, tokenizer = base
+    rate = gold_win_rate(model, model, tokenizer, world.split_prompts()[1], gold(world), samples_per_prompt=8)
+    assert 0.38 < rate < 0.62
+
+
+def test_config_fields_are_documented():
+    import inspect
+    source = inspect.getsource(PPOConfig)
+    for field in dataclasses.fields(PPOConfig):
+        after = source.split(f"    {field.name}:", 1)[1].split("\n", 2)[1]
+        assert after.strip().startswith('"""'), f"PPOConfig.{field.name} has no docstring"
