@@ -1,0 +1,71 @@
+"""The command line: ``rlhf-lite pipeline --out DIR`` (or ``python -m rlhf_lite pipeline``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .world import CRITERIA, TASKS
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """'cpu', 'cuda' or 'cuda:N', checked against this machine."""
+    from .models import pick_device
+    if not (text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit())):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use 'cpu', 'cuda' or 'cuda:N'")
+    try:
+        pick_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .ppo import PPOConfig
+    parser = argparse.ArgumentParser(prog="rlhf-lite", description="RLHF on a laptop: the course's command line.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    pipeline = commands.add_parser(
+        "pipeline", help="run every stage with simulated labelers; write metrics.json and plots",
+        description="Pretrain the base model, label pairs with a simulated labeler, train the reward model, "
+                    "run PPO, and compare the PPO policy with the base model on gold. Writes OUT/metrics.json, "
+                    "the plots, the pairs and the models.")
+    pipeline.add_argument("--out", required=True, help="folder for metrics.json, plots and models (made if missing)")
+    pipeline.add_argument("--seed", type=int, default=0, help="seed of the world, the models and the labeler (default 0)")
+    pipeline.add_argument("--device", type=device_name, default=None, help="cpu, cuda or cuda:N (default: CUDA if present)")
+    pipeline.add_argument("--task", choices=sorted(TASKS), default="trivia", help="the world's task (default trivia)")
+    pipeline.add_argument("--criteria", choices=sorted(CRITERIA), default="helpful",
+                          help="what the simulated labelers prefer (default helpful)")
+    pipeline.add_argument("--pairs", type=positive_int, default=1000, help="labelled pairs (default 1000)")
+    pipeline.add_argument("--ppo-steps", type=positive_int, default=PPOConfig.steps,
+                          help=f"PPO iterations of {PPOConfig.batch_size} episodes (default {PPOConfig.steps})")
+    pipeline.add_argument("--pretrain-steps", type=positive_int, default=None,
+                          help="pretraining steps of the base model (default: the course's)")
+    pipeline.add_argument("--cache-dir", default=None,
+                          help="where the base model is cached (default OUT/runs); e.g. notebooks/runs to reuse the lessons'")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "pipeline":
+        from .pipeline import run_pipeline
+        metrics = run_pipeline(args.out, task=args.task, criteria=args.criteria, seed=args.seed, device=args.device,
+                               pairs=args.pairs, ppo_steps=args.ppo_steps, cache_dir=args.cache_dir,
+                               pretrain_steps=args.pretrain_steps)
+        print(json.dumps(metrics, indent=2))
+        print(f"wrote {args.out}/metrics.json and the plots", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
