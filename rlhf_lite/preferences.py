@@ -4,8 +4,12 @@ The model writes several completions per prompt; a labeler sees two of them and 
 they prefer. Pairs, not scores: two people's 1-10 scales differ (one is harsh, one generous),
 but they agree far more often on *which* of two answers is better.
 
-A judgement is stored as a ``Comparison`` (prompt, chosen, rejected); the ``prompt`` /
-``chosen`` / ``rejected`` layout is the one TRL and the ``datasets`` library use.
+- pairs: ``sample_pairs`` / ``draw_pairs`` (distinct completions of the model's own samples);
+- labels: the ``LabelStore``, an append-only JSON Lines file that has every judgement on disk
+  the moment it is made (the widget in ``widget.py`` writes to it; ``fill_unlabeled`` lets a
+  simulated labeler label what a person did not);
+- comparisons: a judgement as a ``Comparison`` (prompt, chosen, rejected), exported in the
+  ``prompt`` / ``chosen`` / ``rejected`` layout that TRL and the ``datasets`` library use.
 """
 from __future__ import annotations
 
@@ -280,20 +284,17 @@ class LabelStore:
         lineno = len(lines) + 1
         try:
             json.loads(tail)
-        except ValueError:   # cut off mid-write: set aside when nobody is writing, else in flight
-            if self._lock_fd is not None:
-                self._set_aside(tail, len(data), lineno)
-            elif os.path.exists(self.path + ".lock") or self._try_repair_lock():
-                self._repair_if_free(tail, len(data), lineno)
+        except ValueError:   # cut off mid-write
+            self._set_aside_unless_in_flight(tail, len(data), lineno)
             return
         self._apply(self._parse(tail, lineno), f"{self.path}:{lineno}")  # complete but for "\n"
         if self._lock_fd is not None:
             self._append(b"\n")
 
-    def _try_repair_lock(self) -> bool:
-        return os.access(os.path.dirname(os.path.abspath(self.path)), os.W_OK)
-
-    def _repair_if_free(self, tail, size, lineno) -> None:
+    def _set_aside_unless_in_flight(self, tail: bytes, size: int, lineno: int) -> None:
+        """While another store holds the lock, a cut last line is its write in flight: leave it."""
+        if self._lock_fd is not None:
+            return self._set_aside(tail, size, lineno)
         fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if _try_lock(fd):
@@ -316,7 +317,7 @@ class LabelStore:
         report = (f"{self.path}:{lineno}: the last line was cut off mid-write ({len(tail)} bytes, "
                   f"a crash while labeling); it is set aside in {aside} and the store goes on without it")
         self.set_aside.append(report)
-        warnings.warn(report, LabelStoreWarning, stacklevel=4)
+        warnings.warn(report, LabelStoreWarning, stacklevel=5)
 
     def _parse(self, raw: bytes, lineno: int) -> dict:
         where = f"{self.path}:{lineno}"

@@ -68,6 +68,7 @@ class LabelingWidget:
             button.on_click(lambda _, action=action: self.act(action))
             self.buttons[name] = button
         self._keys = {key: action for action, keys in ACTIONS.values() for key in keys}
+        self._names = {action: name for name, (action, _) in ACTIONS.items()}
         shortcuts = " &nbsp;\u00b7&nbsp; ".join(f"<kbd>{html.escape(_keys_text(keys))}</kbd> {name}"
                                               for name, (_, keys) in ACTIONS.items())
         how = ("with the mouse over this widget" if Event is not None
@@ -124,7 +125,7 @@ class LabelingWidget:
                 else:
                     event = self.store.label(prompt, left, right, action, self.labeler, swapped=swapped,
                                              criteria=self.criteria.name)
-                message = f"saved #{event['id']}: {action}"
+                message = f"saved #{event['id']}: {self._names[action]}"
         except Exception as error:  # a click handler's traceback would land in a hidden log
             self._status.value = (f"<span style='color:#b00'><b>Not saved:</b> "
                                   f"{html.escape(str(error))}</span>")
