@@ -1,0 +1,70 @@
+"""The headless pipeline: ``rlhf-lite pipeline`` on a tiny budget, and its argument checks."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import RUNS
+from rlhf_lite.cli import main
+
+KEYS = {
+    "seconds": None, "device": None, "seed": None,
+    "stage_seconds": {"pretrain", "pairs", "reward_model", "ppo"},
+    "reward_model": {"n_train_pairs", "heldout_accuracy", "gold_agreement", "noise_ceiling_accuracy"},
+    "ppo": {"episodes", "initial_reward", "final_reward", "initial_gold", "final_gold", "final_kl",
+            "gold_win_rate_vs_base"},
+}
+
+
+def test_pipeline_writes_metrics_plots_and_models(base, tmp_path, capsys):
+    out = tmp_path / "run"
+    # the base model comes from the session's cache (the `base` fixture made sure it is there)
+    assert main(["pipeline", "--out", str(out), "--cache-dir", str(RUNS), "--pairs", "60",
+                 "--ppo-steps", "2", "--seed", "0", "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == set(KEYS)
+    for key, inner in KEYS.items():
+        if inner is not None:
+            assert set(metrics[key]) == inner, key
+    assert json.loads(capsys.readouterr().out) == metrics          # also printed
+    assert metrics["device"] == "cpu" and metrics["seed"] == 0
+    assert metrics["reward_model"]["n_train_pairs"] == 54            # 60 pairs, 10% held out
+    assert metrics["ppo"]["episodes"] == 2 * 64
+    assert 0.0 <= metrics["ppo"]["gold_win_rate_vs_base"] <= 1.0
+    assert 0.0 <= metrics["reward_model"]["heldout_accuracy"] <= 1.0
+    assert metrics["ppo"]["final_kl"] >= 0.0 and metrics["ppo"]["initial_gold"] is not None
+    assert metrics["seconds"] >= sum(metrics["stage_seconds"].values()) - 0.1
+    for name in ("pretrain.png", "reward_model.png", "ppo.png", "comparisons.jsonl", "ppo_history.json",
+                 "reward_model/normalization.json", "policy/config.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert len((out / "comparisons.jsonl").read_text().splitlines()) == 60
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "poetry"], "argument --task: invalid choice: 'poetry' (choose from 'summaries', 'trivia')"),
+    (["--criteria", "kind"], "argument --criteria: invalid choice: 'kind'"),
+    (["--pairs", "0"], "argument --pairs: expected a positive whole number, got 0"),
+    (["--ppo-steps", "ten"], "argument --ppo-steps: expected a positive whole number, got 'ten'"),
+    (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    (["--device", "gpu"], "argument --device: unknown device 'gpu'; use 'cpu', 'cuda' or 'cuda:N'"),
+])
+def test_bad_arguments_get_a_clear_error(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["pipeline", "--out", str(tmp_path)] + argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_out_is_required(capsys):
+    with pytest.raises(SystemExit):
+        main(["pipeline"])
+    assert "the following arguments are required: --out" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point_rejects_bad_arguments(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "rlhf_lite", "pipeline", "--out", str(tmp_path), "--pairs", "-5"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "rlhf-lite pipeline: error: argument --pairs: expected a positive whole number, got -5" in run.stderr
