@@ -143,8 +143,7 @@ class LabelingWidget:
 
     def _show(self, message: str = "") -> None:
         keys = {pair_key(p) for p in self.pairs}
-        labeled = sum(e["labeler"] == self.labeler and pair_key((e["prompt"], e["left"], e["right"])) in keys
-                      for e in self.store.current_labels())
+        labeled = self.store.counts(self.pairs)[self.labeler]
         done = len(keys & self.store.done(self.labeler))
         self._progress_bar.value = done
         self._progress.value = (f"&nbsp;<b>{done} / {len(keys)}</b> pairs done: {labeled} labeled "
