@@ -52,8 +52,9 @@ class PPOConfig:
     """PPO iterations (one batch of episodes each). Tens on the tiny model; hundreds on a GPU."""
     batch_size: int = 64
     """Episodes (prompt + sampled completion) per iteration; usually 32 to 512."""
-    minibatch_size: int = 32
-    """Episodes per gradient step; batch_size / minibatch_size steps per epoch. Usually 8 to 64."""
+    minibatch_size: int = 64
+    """Episodes per gradient step; batch_size / minibatch_size steps per epoch. 8 to batch_size
+    (the default, one step an epoch, is TRL's num_mini_batches=1: largest matrices, fastest on a CPU)."""
     ppo_epochs: int = 4
     """Passes over each batch; 1 to 4 (more reuses samples harder, and clips more)."""
     learning_rate: float = 5e-4
