@@ -1,0 +1,413 @@
+"""Stage 2: the reward model, trained on pairs with the Bradley-Terry loss.
+
+A reward model reads a prompt x and a completion y and returns one number r(x, y). It is not
+a regression onto target scores (the labelers never gave any): it is trained only on which
+of two completions won. Bradley and Terry (1952) model such a choice as
+
+    P(y_w preferred over y_l | x) = sigmoid(r(x, y_w) - r(x, y_l))
+
+and training maximises the likelihood of the labels, i.e. minimises
+
+    L = -log sigmoid(r(x, y_w) - r(x, y_l))
+
+which pushes r(chosen) up and r(rejected) down until the gap matches how reliably the
+labelers prefer one over the other. Only differences are learned, so r is defined up to a
+constant; we normalise it to mean 0, std 1 on the base model's own samples at the end.
+
+The network is the base LM with its next-token head replaced by a linear head hidden -> 1
+(``AutoModelForSequenceClassification``, ``num_labels=1``), read at the last real token of
+``prompt completion <eos>``: by then it has seen the whole answer.
+
+    symbol      shape   meaning
+    r_chosen    (B,)    r(x, y_w), the reward of the completion the labeler preferred
+    r_rejected  (B,)    r(x, y_l), the reward of the other one
+    tie         (B,)    bool, the labeler saw no difference
+    both_bad    (B,)    bool, the labeler found neither acceptable
+    margin      (B,)/() how much the labeler said y_w is better (0 = just "better")
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from .models import Completions, encode_completions, generate, pick_device, position_ids, seed_everything
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss
+# ---------------------------------------------------------------------------------------------
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, tie=None, both_bad=None,
+                       margin=0.0) -> torch.Tensor:
+    """Mean Bradley-Terry loss over a batch of judged pairs.
+
+    With d = r_chosen - r_rejected and target t = P(chosen preferred) from the label::
+
+        L = -[ t * log sigmoid(d - m) + (1 - t) * log sigmoid(-d) ]
+
+    - a preference: t = 1, so L = -log sigmoid(r_chosen - r_rejected - m);
+    - a tie (``tie`` True): t = 1/2 and m = 0. The loss is smallest at d = 0, so a tie pulls the
+      two rewards together instead of apart;
+    - both bad (``both_bad`` True): the pair is left out of the mean. "Neither is acceptable"
+      says nothing about which of the two is better, and a pairwise loss has no absolute level
+      it could push both down to (r is only defined up to a constant);
+    - margin m >= 0 (Llama 2's margin): the chosen must beat the rejected by at least about m
+      before the loss stops pulling; a float for all pairs or one value a pair.
+
+    Returns 0 (still differentiable) if every pair is both-bad.
+    """
+    d = r_chosen - r_rejected
+    tie = torch.zeros_like(d, dtype=torch.bool) if tie is None else torch.as_tensor(tie, device=d.device).bool()
+    both_bad = (torch.zeros_like(d, dtype=torch.bool) if both_bad is None
+                else torch.as_tensor(both_bad, device=d.device).bool())
+    m = torch.as_tensor(margin, dtype=d.dtype, device=d.device).expand_as(d)
+    preference = -F.logsigmoid(d - m)
+    tied = -0.5 * (F.logsigmoid(d) + F.logsigmoid(-d))
+    loss = torch.where(tie, tied, preference)
+    keep = (~both_bad).to(d.dtype)
+    return (loss * keep).sum() / keep.sum().clamp(min=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+class RewardModel(torch.nn.Module):
+    """r(x, y): a sequence classifier with one output, read at the last real token.
+
+    ``model``: a Hugging Face ``...ForSequenceClassification`` with ``num_labels=1`` whose head
+    is called ``score`` (GPT-2, Llama, Qwen, Mistral, GPT-NeoX all are); ``tokenizer``: the base
+    model's. ``mean``/``std``: the normalisation, r_normalised = (r_raw - mean) / std.
+
+    We find the last real token from the attention mask ourselves rather than let the HF model
+    look for the rightmost token that is not ``pad_token_id``: with a tokenizer whose pad is
+    also its <eos> that would skip the <eos> we want to read at.
+    """
+
+    def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        if not hasattr(model, "score") or model.config.num_labels != 1:
+            raise ValueError("RewardModel needs a ...ForSequenceClassification with num_labels=1 and a "
+                             "'score' head; build one with RewardModel.from_base(base_model, tokenizer)")
+        self.model, self.tokenizer = model, tokenizer
+        self.mean, self.std = float(mean), float(std)
+
+    @classmethod
+    def from_base(cls, base_model, tokenizer, seed: int = 0) -> "RewardModel":
+        """A reward model initialised from a causal LM: same transformer, new head hidden -> 1
+        (the head is drawn with ``seed``; the rest is a copy of the base model's weights)."""
+        config = copy.deepcopy(base_model.config)
+        config.num_labels = 1
+        config.pad_token_id = tokenizer.pad_token_id
+        if getattr(config, "activation_function", None) == "gelu_new":
+            config.activation_function = "gelu_pytorch_tanh"  # the same tanh-GELU, fused: ~2x faster on a CPU
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config)
+        model.base_model.load_state_dict(base_model.base_model.state_dict())
+        return cls(model.to(next(base_model.parameters()).device), tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Raw rewards (B,) for ``[left-padded prompt | completion <eos> right-padded]`` rows."""
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                       position_ids=position_ids(attention_mask)).last_hidden_state
+        last = (attention_mask * torch.arange(attention_mask.shape[1], device=attention_mask.device)).argmax(1)
+        return self.model.score(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1).float()
+
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw - self.mean) / self.std
+
+    @torch.no_grad()
+    def score_completions(self, batch: Completions, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
+        """Rewards (B,) for a ``Completions`` batch (from ``generate`` or ``encode_completions``),
+        without re-tokenising. Normalised unless ``normalize=False``. On the batch's device."""
+        was_training = self.model.training
+        self.model.eval()
+        ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+        raw = torch.cat([self(ids[i:i + batch_size], mask[i:i + batch_size])
+                         for i in range(0, len(ids), batch_size)])
+        self.model.train(was_training)
+        return (self.normalise(raw) if normalize else raw).to(batch.prompt_ids.device)
+
+    @torch.no_grad()
+    def score(self, prompts, completions, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
+        """Rewards (B,) of ``completions`` (texts) as answers to ``prompts``, each closed with <eos>."""
+        prompts, completions = list(prompts), list(completions)
+        if len(prompts) != len(completions):
+            raise ValueError(f"score got {len(prompts)} prompts but {len(completions)} completions; "
+                             "give one prompt per completion")
+        if not prompts:
+            return torch.zeros(0)
+        return torch.cat([self.score_completions(encode_completions(
+            self.tokenizer, prompts[i:i + batch_size], completions[i:i + batch_size], self.device), normalize)
+            for i in range(0, len(prompts), batch_size)]).cpu()
+
+    def __call__(self, *args, **kwargs):
+        """``reward_model(prompts, completions)`` = ``score``; tensors go to ``forward`` (raw)."""
+        if args and isinstance(args[0], torch.Tensor):
+            return super().__call__(*args, **kwargs)
+        return self.score(*args, **kwargs)
+
+    def save(self, path) -> None:
+        """``save_pretrained`` of model and tokenizer, plus ``normalization.json`` (mean, std)."""
+        os.makedirs(path, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        with open(os.path.join(path, "normalization.json"), "w") as f:
+            json.dump({"mean": self.mean, "std": self.std}, f)
+
+    @classmethod
+    def load(cls, path, device: str | None = None) -> "RewardModel":
+        path = os.fspath(path)
+        if not os.path.isfile(os.path.join(path, "normalization.json")):
+            raise FileNotFoundError(f"{path!r} holds no saved reward model (no normalization.json); "
+                                    "give the folder RewardModel.save wrote (lesson 2: runs/lesson2/reward_model)")
+        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        with open(os.path.join(path, "normalization.json")) as f:
+            norm = json.load(f)
+        return cls(model.to(pick_device(device)).eval(), tokenizer, norm["mean"], norm["std"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+def split_comparisons(comparisons, heldout: float = 0.1, seed: int = 0):
+    """(train, held-out) comparisons: a seeded random split, the one ``train_reward_model`` uses."""
+    if not 0.0 <= heldout < 1.0:
+        raise ValueError(f"heldout is the fraction of pairs kept for evaluation, in [0, 1); got {heldout}")
+    comparisons = list(comparisons)
+    order = list(range(len(comparisons)))
+    random.Random(seed).shuffle(order)
+    n_heldout = int(round(len(comparisons) * heldout))
+    return [comparisons[i] for i in order[n_heldout:]], [comparisons[i] for i in order[:n_heldout]]
+
+
+def encode_pairs(tokenizer, comparisons, device):
+    """Every pair as 2 rows: (input_ids, attention_mask) of shape (2N, T), chosen rows 0..N-1 and
+    rejected rows N..2N-1, plus the tie and both_bad flags (N,)."""
+    prompts = [c.prompt for c in comparisons]
+    texts = [c.chosen for c in comparisons] + [c.rejected for c in comparisons]
+    batch = encode_completions(tokenizer, prompts + prompts, texts, device)
+    flags = torch.tensor([[c.tie, c.both_bad] for c in comparisons], dtype=torch.bool, device=device)
+    return batch.input_ids, batch.attention_mask, flags[:, 0], flags[:, 1]
+
+
+def _pair_forward(reward_model, input_ids, attention_mask, rows):
+    """Raw (r_chosen, r_rejected) for the pairs ``rows``, in one forward pass, all-pad columns cut."""
+    n = len(input_ids) // 2
+    ids, mask = input_ids[torch.cat([rows, rows + n])], attention_mask[torch.cat([rows, rows + n])]
+    used = mask.any(0).nonzero().squeeze(1)
+    ids, mask = ids[:, used.min():used.max() + 1], mask[:, used.min():used.max() + 1]
+    r = reward_model(ids, mask)
+    return r[:len(rows)], r[len(rows):]
+
+
+@torch.no_grad()
+def pair_rewards(reward_model, comparisons, batch_size: int = 64):
+    """Raw rewards (r_chosen, r_rejected), each (N,), of judged pairs. Raw, not normalised:
+    sigmoid(r_chosen - r_rejected) is the model's P(chosen preferred) only in the units it was
+    trained in."""
+    was_training = reward_model.training
+    reward_model.eval()
+    ids, mask, _, _ = encode_pairs(reward_model.tokenizer, comparisons, reward_model.device)
+    n = len(comparisons)
+    order = (mask[:n].sum(1) + mask[n:].sum(1)).argsort()  # similar lengths together: less padding
+    r_chosen, r_rejected = torch.zeros(n, device=ids.device), torch.zeros(n, device=ids.device)
+    for rows in order.split(batch_size):
+        r_chosen[rows], r_rejected[rows] = _pair_forward(reward_model, ids, mask, rows)
+    reward_model.train(was_training)
+    return r_chosen.cpu(), r_rejected.cpu()
+
+
+def preference_accuracy(r_chosen, r_rejected, tie=None, both_bad=None) -> float:
+    """Share of pairs with a preference (no tie, not both bad) where r_chosen > r_rejected."""
+    counted = torch.ones_like(r_chosen, dtype=torch.bool)
+    for flags in (tie, both_bad):
+        if flags is not None:
+            counted &= ~torch.as_tensor(flags, device=r_chosen.device).bool()
+    return (r_chosen > r_rejected)[counted].float().mean().item() if counted.any() else float("nan")
+
+
+@torch.no_grad()
+def normalize_rewards(reward_model, base_model, tokenizer, prompts, n_samples: int = 512,
+                      max_new_tokens: int = 24, temperature: float = 1.0, seed: int = 0):
+    """Set ``reward_model.mean``/``.std`` so that rewards of the base model's own samples on
+    ``prompts`` have mean 0 and std 1; returns (mean, std). ``train_reward_model`` calls it at
+    the end of training; call it yourself after changing the model.
+
+    r_normalised = (r - mean) / std is the same ranking on a scale PPO can rely on: 0 is "as
+    good as a typical base-model answer", +1 is one standard deviation better.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("normalize_rewards needs prompts to sample the base model on")
+    batch_prompts = [prompts[i % len(prompts)] for i in range(n_samples)]
+    raw = torch.cat([reward_model.score_completions(
+        generate(base_model, tokenizer, batch_prompts[i:i + 256], max_new_tokens, temperature,
+                 seed=seed + i), normalize=False).cpu() for i in range(0, n_samples, 256)])
+    reward_model.mean, reward_model.std = raw.mean().item(), max(raw.std().item(), 1e-6)
+    return reward_model.mean, reward_model.std
+
+
+def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1, epochs: int = 3,
+                       lr: float = 2e-3, batch_size: int = 32, weight_decay: float = 0.0,
+                       margin: float = 0.0, max_new_tokens: int = 24, seed: int = 0,
+                       device: str | None = None):
+    """Train r(x, y) on judged pairs by minimising the Bradley-Terry loss; returns
+    (reward_model, history).
+
+    base_model, tokenizer: the causal LM the reward model starts from (its weights are copied).
+    comparisons: ``Comparison``s (lesson 1's labels, or ``make_preference_dataset``).
+    heldout: fraction of pairs kept out of training and evaluated after every epoch
+        (``split_comparisons(comparisons, heldout, seed)`` gives the same split).
+    epochs, lr, batch_size: AdamW with a short warm-up and a cosine decay; the defaults
+        (3 epochs, 2e-3, 32 pairs) fit the tiny base model; a bigger model wants ~1e-5 to 1e-4.
+    margin: see ``bradley_terry_loss``.
+    max_new_tokens: length of the base-model samples used for the normalisation
+        (``world.max_new_tokens``); the prompts are those of the training pairs.
+
+    history: step, train_loss, train_accuracy (every step); epoch, heldout_loss,
+    heldout_accuracy (every epoch; empty if heldout is 0); n_train, n_heldout, seconds.
+    """
+    # --- set up
+    start = time.time()
+    device = pick_device(device)
+    seed_everything(seed)
+    train, held = split_comparisons(comparisons, heldout, seed)
+    if not train:
+        raise ValueError("no pairs to train on: give comparisons (e.g. make_preference_dataset(...))")
+    reward_model = RewardModel.from_base(base_model, tokenizer, seed).to(device).train()
+    ids, mask, tie, both_bad = encode_pairs(tokenizer, train, device)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    total = epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(reward_model.parameters(), lr=lr, weight_decay=weight_decay)
+    warmup = max(1, total // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
+                                                 * 0.5 * (1 + math.cos(math.pi * s / total)))
+    generator = torch.Generator().manual_seed(seed)
+    history = dict(step=[], train_loss=[], train_accuracy=[], epoch=[], heldout_loss=[],
+                   heldout_accuracy=[], n_train=len(train), n_heldout=len(held))
+    bar = tqdm(total=total, desc="reward model")
+    for epoch in range(1, epochs + 1):
+        # --- one pass over the training pairs
+        for rows in torch.randperm(len(train), generator=generator).to(device).split(batch_size):
+            r_chosen, r_rejected = _pair_forward(reward_model, ids, mask, rows)
+            loss = bradley_terry_loss(r_chosen, r_rejected, tie[rows], both_bad[rows], margin)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(reward_model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            history["step"].append(len(history["step"]) + 1)
+            history["train_loss"].append(loss.item())
+            history["train_accuracy"].append(preference_accuracy(r_chosen.detach(), r_rejected.detach(),
+                                                                 tie[rows], both_bad[rows]))
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+        # --- held-out pairs
+        if held:
+            r_chosen, r_rejected = pair_rewards(reward_model, held)
+            flags = torch.tensor([[c.tie, c.both_bad] for c in held], dtype=torch.bool)
+            history["epoch"].append(epoch)
+            history["heldout_loss"].append(bradley_terry_loss(r_chosen, r_rejected, flags[:, 0], flags[:, 1],
+                                                              margin).item())
+            history["heldout_accuracy"].append(preference_accuracy(r_chosen, r_rejected, flags[:, 0], flags[:, 1]))
+            bar.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{history['heldout_accuracy'][-1]:.3f}")
+    bar.close()
+    # --- normalise on base-model samples
+    reward_model.eval()
+    normalize_rewards(reward_model, base_model, tokenizer, sorted({c.prompt for c in train}),
+                      max_new_tokens=max_new_tokens, seed=seed)
+    history["seconds"] = time.time() - start
+    return reward_model, history
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: against the labels, the gold judge, and the best any model could do
+# ---------------------------------------------------------------------------------------------
+
+def noise_ceiling(labeler, comparisons) -> float:
+    """The best accuracy any reward model can expect against this labeler's labels.
+
+    The simulated labeler picks the left answer with probability p = labeler.prob_left(x, A, B).
+    Even a model that knows p exactly can only predict the likelier choice, and is right with
+    probability max(p, 1 - p); averaged over the pairs, that is the ceiling. (With a position
+    bias, p depends on which answer was shown left; we take the chosen one as left.)
+    """
+    ps = [labeler.prob_left(c.prompt, c.chosen, c.rejected) for c in comparisons if not (c.tie or c.both_bad)]
+    return sum(max(p, 1 - p) for p in ps) / len(ps) if ps else float("nan")
+
+
+def gold_agreement(world, comparisons, r_chosen, r_rejected, criteria="helpful") -> float:
+    """Share of pairs, among those the gold judge does not see as equal, that the reward model
+    orders the way gold does: sign(r_chosen - r_rejected) == sign(u_chosen - u_rejected)."""
+    u_chosen = torch.tensor(world.gold_many([c.prompt for c in comparisons], [c.chosen for c in comparisons], criteria))
+    u_rejected = torch.tensor(world.gold_many([c.prompt for c in comparisons], [c.rejected for c in comparisons], criteria))
+    differ = (u_chosen - u_rejected).abs() > 1e-9
+    agree = torch.sign(r_chosen - r_rejected) == torch.sign(u_chosen - u_rejected)
+    return agree[differ].float().mean().item() if differ.any() else float("nan")
+
+
+def calibration(r_chosen, r_rejected, bins: int = 10) -> dict:
+    """Predicted P(preferred) = sigmoid(r_A - r_B) against how often A really was preferred.
+
+    Each pair counts in both orders, (chosen, rejected) -> label 1 and (rejected, chosen) -> 0,
+    so the curve is about the model's confidence, not about which side we wrote first. Use raw
+    rewards (``pair_rewards``). Returns, for the non-empty bins: predicted (mean predicted
+    probability), observed (share preferred), count. Calibrated: observed == predicted.
+    """
+    p = torch.sigmoid(r_chosen - r_rejected)
+    predicted, labels = torch.cat([p, 1 - p]), torch.cat([torch.ones_like(p), torch.zeros_like(p)])
+    which = (predicted * bins).long().clamp(max=bins - 1)
+    out = dict(predicted=[], observed=[], count=[])
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            out["predicted"].append(predicted[sel].mean().item())
+            out["observed"].append(labels[sel].mean().item())
+            out["count"].append(int(sel.sum()))
+    return out
+
+
+def rewards_by_style(reward_model, world, n: int = 2000, prompts=None, seed: int = 1) -> dict:
+    """Normalised rewards of internet (corpus) answers, grouped by the style they were written in:
+    {style: tensor}. ``prompts``: keep only answers to these (e.g. held-out prompts)."""
+    rows = world.corpus(n, seed=seed)
+    if prompts is not None:
+        keep = set(prompts)
+        rows = [row for row in rows if row[0] in keep]
+    rewards = reward_model.score([p for p, _, _ in rows], [a for _, a, _ in rows])
+    out = {}
+    for (_, _, style), r in zip(rows, rewards):
+        out.setdefault(style, []).append(r.item())
+    return {style: torch.tensor(v) for style, v in out.items()}
+
+
+def evaluate(reward_model, comparisons, world=None, labeler=None, criteria="helpful") -> dict:
+    """The numbers lesson 2 reports on held-out pairs: accuracy against the labels, gold
+    agreement (with ``world``) and the noise ceiling (with the simulated ``labeler``)."""
+    comparisons = list(comparisons)
+    r_chosen, r_rejected = pair_rewards(reward_model, comparisons)
+    tie = [c.tie for c in comparisons]
+    both_bad = [c.both_bad for c in comparisons]
+    out = dict(n_pairs=len(comparisons), accuracy=preference_accuracy(r_chosen, r_rejected, tie, both_bad))
+    if world is not None:
+        out["gold_agreement"] = gold_agreement(world, comparisons, r_chosen, r_rejected,
+                                               labeler.criteria if labeler is not None else criteria)
+    if labeler is not None:
+        out["noise_ceiling_accuracy"] = noise_ceiling(labeler, comparisons)
+    return out

@@ -1,0 +1,216 @@
+"""Stage 2: the Bradley-Terry loss, the reward model's reading position, training, evaluation."""
+import math
+import random
+
+import pytest
+import torch
+
+from rlhf_lite.models import encode_completions, generate
+from rlhf_lite.preferences import Comparison, make_preference_dataset
+from rlhf_lite.reward_model import (RewardModel, bradley_terry_loss, calibration, evaluate,
+                                    noise_ceiling, normalize_rewards, pair_rewards, rewards_by_style,
+                                    split_comparisons, train_reward_model)
+from rlhf_lite.world import SimulatedLabeler
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: on a shared, busy CPU two threads wait on each other and run many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- the loss --------------------------------------------------------------------------------
+
+def test_loss_equals_hand_computation():
+    r_chosen, r_rejected = torch.tensor([2.0, -0.5, 0.3]), torch.tensor([0.5, 0.5, 0.3])
+    sig = lambda z: 1 / (1 + math.exp(-z))
+    by_hand = -(math.log(sig(1.5)) + math.log(sig(-1.0)) + math.log(sig(0.0))) / 3
+    assert bradley_terry_loss(r_chosen, r_rejected).item() == pytest.approx(by_hand, rel=1e-6)
+    # margin: -log sigmoid(d - m)
+    with_margin = -(math.log(sig(1.5 - 1)) + math.log(sig(-1.0 - 1)) + math.log(sig(-1))) / 3
+    assert bradley_terry_loss(r_chosen, r_rejected, margin=1.0).item() == pytest.approx(with_margin, rel=1e-6)
+    # a tie is the cross-entropy against 1/2; a both-bad pair is left out of the mean
+    tie_term = -0.5 * (math.log(sig(-1.0)) + math.log(sig(1.0)))
+    loss = bradley_terry_loss(r_chosen, r_rejected, tie=[False, True, False], both_bad=[False, False, True])
+    assert loss.item() == pytest.approx((-math.log(sig(1.5)) + tie_term) / 2, rel=1e-6)
+
+
+def test_gradient_pushes_chosen_up_and_rejected_down():
+    r_chosen = torch.tensor([0.3, -1.0, 2.0], requires_grad=True)
+    r_rejected = torch.tensor([0.0, 1.0, -2.0], requires_grad=True)
+    bradley_terry_loss(r_chosen, r_rejected).backward()
+    assert (r_chosen.grad < 0).all() and (r_rejected.grad > 0).all()  # descent: chosen up, rejected down
+    assert torch.allclose(r_chosen.grad, -r_rejected.grad)
+    # the push fades once the gap is large: the third pair is already well separated
+    assert r_chosen.grad[2].abs() < r_chosen.grad[0].abs() < r_chosen.grad[1].abs()
+
+
+def test_tie_pulls_together_and_both_bad_does_nothing():
+    r_chosen = torch.tensor([1.0, -1.0, 3.0], requires_grad=True)
+    r_rejected = torch.tensor([0.0, 0.0, 0.0], requires_grad=True)
+    bradley_terry_loss(r_chosen, r_rejected, tie=torch.tensor([True, True, False]),
+                       both_bad=torch.tensor([False, False, True])).backward()
+    assert r_chosen.grad[0] > 0 and r_chosen.grad[1] < 0        # towards the other reward
+    assert r_rejected.grad[0] < 0 and r_rejected.grad[1] > 0
+    assert r_chosen.grad[2] == 0 and r_rejected.grad[2] == 0    # both bad: no gradient
+    everything_bad = bradley_terry_loss(r_chosen, r_rejected, both_bad=[True, True, True])
+    assert everything_bad.item() == 0 and everything_bad.requires_grad
+
+
+# --- the model: read at the last real token -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fresh_reward_model(base):
+    model, tokenizer = base
+    reward_model = RewardModel.from_base(model, tokenizer)
+    torch.nn.init.normal_(reward_model.model.score.weight)  # a head that reacts to every feature
+    return reward_model
+
+
+def test_score_ignores_padding(fresh_reward_model, world):
+    """The same prompt + completion scores the same alone and next to a much longer row, and
+    whatever ids sit in the padded positions: we read at the last real token (the <eos>)."""
+    rm = fresh_reward_model
+    short, long = world.prompts[0], max(world.prompts, key=len)
+    alone = rm.score([short], ["Paris."], normalize=False)
+    together = rm.score([short, long], ["Paris.", "Well, let me think. " * 4 + "The sky is blue."], normalize=False)
+    assert torch.allclose(alone, together[:1], atol=1e-5)
+    batch = encode_completions(rm.tokenizer, [short, long], ["Paris.", "Whatever. Yes yes yes yes."], rm.device)
+    garbage = batch.input_ids.masked_fill(batch.attention_mask == 0, rm.tokenizer.eos_token_id)
+    assert torch.allclose(rm(batch.input_ids, batch.attention_mask), rm(garbage, batch.attention_mask), atol=1e-5)
+
+
+def test_score_reads_the_eos_and_the_prompt(fresh_reward_model, world):
+    rm = fresh_reward_model
+    p = world.prompts[0]
+    batch = encode_completions(rm.tokenizer, [p], ["Paris."], rm.device)
+    assert batch.input_ids[0, -1] == rm.tokenizer.eos_token_id
+    without_eos = rm(batch.input_ids[:, :-1], batch.attention_mask[:, :-1])
+    assert not torch.allclose(rm(batch.input_ids, batch.attention_mask), without_eos)
+    other_prompt = next(q for q in world.prompts if q != p)
+    assert not torch.allclose(rm.score([p], ["Paris."]), rm.score([other_prompt], ["Paris."]))
+
+
+def test_score_completions_matches_score_on_samples(fresh_reward_model, base, world):
+    """PPO scores its own samples without re-tokenising; that must agree with scoring the texts."""
+    model, tokenizer = base
+    samples = generate(model, tokenizer, world.prompts[:16], world.max_new_tokens, seed=0)
+    ended = samples.ended.cpu()
+    assert ended.any()
+    from_batch = fresh_reward_model.score_completions(samples).cpu()
+    from_texts = fresh_reward_model.score(samples.prompts, samples.texts)
+    assert from_batch.shape == (16,)
+    assert torch.allclose(from_batch[ended], from_texts[ended], atol=1e-4)
+
+
+def test_bad_input_says_what_to_do(fresh_reward_model, tmp_path):
+    with pytest.raises(ValueError, match="one prompt per completion"):
+        fresh_reward_model.score(["a", "b"], ["c"])
+    with pytest.raises(FileNotFoundError, match="RewardModel.save"):
+        RewardModel.load(tmp_path)
+    with pytest.raises(ValueError, match="heldout"):
+        split_comparisons([], heldout=1.5)
+
+
+# --- training and evaluation on simulated labels ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def labeler(world):
+    return SimulatedLabeler(world, "helpful", temperature=1.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(base, world, labeler):
+    """A reward model trained on 500 simulated pairs, and 2,000 held-out pairs on held-out prompts
+    (with 2,000 pairs, the standard error of an accuracy near 0.8 is about 0.9 points)."""
+    model, tokenizer = base
+    train = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=500, seed=0)
+    heldout = make_preference_dataset(world, model, tokenizer, SimulatedLabeler(world, "helpful", seed=1),
+                                      n_pairs=2000, prompts=world.split_prompts()[1], seed=1)
+    reward_model, history = train_reward_model(model, tokenizer, train, heldout=0.1, seed=0,
+                                               max_new_tokens=world.max_new_tokens)
+    return reward_model, history, heldout
+
+
+def test_training_history_and_normalisation(trained, base, world):
+    reward_model, history, _ = trained
+    assert history["n_train"] == 450 and history["n_heldout"] == 50
+    assert len(history["train_loss"]) == len(history["step"]) and len(history["heldout_accuracy"]) == len(history["epoch"])
+    first, last = history["train_loss"][:5], history["train_loss"][-5:]
+    assert sum(last) < sum(first)
+    # rewards of fresh base-model samples: mean ~0, std ~1
+    model, tokenizer = base
+    samples = generate(model, tokenizer, world.split_prompts()[0][:128] * 2, world.max_new_tokens, seed=123)
+    rewards = reward_model.score_completions(samples)
+    assert abs(rewards.mean().item()) < 0.25 and 0.75 < rewards.std().item() < 1.25
+
+
+@pytest.fixture(scope="module")
+def result(trained, world, labeler):
+    reward_model, _, heldout = trained
+    return evaluate(reward_model, heldout, world, labeler)
+
+
+def test_heldout_accuracy_against_labels_gold_and_ceiling(trained, result, labeler):
+    _, _, heldout = trained
+    ceiling = noise_ceiling(labeler, heldout)
+    assert result["noise_ceiling_accuracy"] == ceiling and 0.8 < ceiling < 0.95
+    # far above chance, agrees with gold more than it agrees with the noisy labels, never above the ceiling
+    assert result["accuracy"] > 0.65
+    assert result["gold_agreement"] > result["accuracy"]
+    assert result["accuracy"] < ceiling + 0.03
+
+
+@pytest.mark.xfail(reason="issue 4's target; the tiny 2-layer base gives ~0.73 against a ceiling of ~0.87: "
+                          "its reward model learns tone, rudeness and dodging from 500 pairs, not which "
+                          "facts are right (see the stage-2 report)", strict=False)
+def test_within_three_points_of_the_noise_ceiling(result):
+    assert result["accuracy"] >= result["noise_ceiling_accuracy"] - 0.03
+
+
+def test_helpful_ranks_correct_polite_answers_above_rude_and_wrong(trained, world):
+    reward_model, _, _ = trained
+    by_style = rewards_by_style(reward_model, world, n=1500)
+    good = torch.cat([by_style["sentence"], by_style["friendly"]]).mean()
+    assert good > by_style["rude"].mean() + 0.5
+    assert good > by_style["wrong"].mean() + 0.3
+    # answer by answer, on the same prompts (held-out ones): a correct sentence beats a rude one
+    rng = random.Random(0)
+    prompts = world.split_prompts()[1]
+    polite = reward_model.score(prompts, [world.task.answer(p, "sentence", rng) for p in prompts])
+    rude = reward_model.score(prompts, [world.task.answer(p, "rude", rng) for p in prompts])
+    wrong = reward_model.score(prompts, [world.task.answer(p, "wrong", rng) for p in prompts])
+    assert (polite > rude).float().mean() > 0.8
+    assert (polite > wrong).float().mean() > 0.6
+
+
+def test_noise_ceiling_follows_the_labelers_definition(world):
+    p = world.prompts[0]
+    pairs = [Comparison(p, "The capital of France is Paris.", "Ugh, paris. Obviously.")] * 3
+    careful = SimulatedLabeler(world, "helpful", temperature=0.1)
+    sloppy = SimulatedLabeler(world, "helpful", temperature=100.0)
+    assert noise_ceiling(careful, pairs) == pytest.approx(1.0, abs=1e-6)
+    assert noise_ceiling(sloppy, pairs) == pytest.approx(0.5, abs=0.02)
+    u = world.gold(p, pairs[0].chosen) - world.gold(p, pairs[0].rejected)
+    assert noise_ceiling(SimulatedLabeler(world, "helpful"), pairs) == pytest.approx(1 / (1 + math.exp(-abs(u))))
+
+
+def test_calibration_bins():
+    r_chosen, r_rejected = torch.tensor([3.0, 0.1, -2.0, 1.0]), torch.zeros(4)
+    cal = calibration(r_chosen, r_rejected, bins=5)
+    assert sum(cal["count"]) == 8                          # every pair counted in both orders
+    assert all(0 <= q <= 1 for q in cal["predicted"] + cal["observed"])
+    assert cal["predicted"] == sorted(cal["predicted"])
+
+
+def test_save_and_load_round_trip(trained, tmp_path, world):
+    reward_model, _, heldout = trained
+    reward_model.save(tmp_path / "rm")
+    loaded = RewardModel.load(tmp_path / "rm")
+    assert (loaded.mean, loaded.std) == (reward_model.mean, reward_model.std)
+    prompts, texts = [c.prompt for c in heldout[:20]], [c.chosen for c in heldout[:20]]
+    assert torch.allclose(loaded.score(prompts, texts), reward_model.score(prompts, texts), atol=1e-5)
+    assert torch.allclose(loaded(prompts, texts), loaded.score(prompts, texts))
