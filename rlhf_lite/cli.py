@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"PPO iterations of {PPOConfig.batch_size} episodes (default {PPOConfig.steps})")
     pipeline.add_argument("--pretrain-steps", type=positive_int, default=None,
                           help="pretraining steps of the base model (default: the course's)")
+    pipeline.add_argument("--threads", type=positive_int, default=None,
+                          help="CPU threads for torch (default: torch's choice, one per core); "
+                               "1 is faster on a machine other jobs keep busy")
     pipeline.add_argument("--cache-dir", default=None,
                           help="where the base model is cached (default OUT/runs); e.g. notebooks/runs to reuse the lessons'")
     return parser
@@ -59,6 +62,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "pipeline":
         from .pipeline import run_pipeline
+        if args.threads:
+            import torch
+            torch.set_num_threads(args.threads)
         metrics = run_pipeline(args.out, task=args.task, criteria=args.criteria, seed=args.seed, device=args.device,
                                pairs=args.pairs, ppo_steps=args.ppo_steps, cache_dir=args.cache_dir,
                                pretrain_steps=args.pretrain_steps)

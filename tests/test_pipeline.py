@@ -33,7 +33,8 @@ def test_pipeline_writes_metrics_plots_and_models(base, tmp_path, capsys):
     assert metrics["ppo"]["episodes"] == 2 * 64
     assert 0.0 <= metrics["ppo"]["gold_win_rate_vs_base"] <= 1.0
     assert 0.0 <= metrics["reward_model"]["heldout_accuracy"] <= 1.0
-    assert metrics["ppo"]["final_kl"] >= 0.0 and metrics["ppo"]["initial_gold"] is not None
+    assert -1.0 < metrics["ppo"]["final_kl"] < 5.0     # the k1 estimate of one batch: near 0 after 2 steps
+    assert metrics["ppo"]["initial_gold"] is not None
     assert metrics["seconds"] >= sum(metrics["stage_seconds"].values()) - 0.1
     for name in ("pretrain.png", "reward_model.png", "ppo.png", "comparisons.jsonl", "ppo_history.json",
                  "reward_model/normalization.json", "policy/config.json"):
@@ -47,6 +48,7 @@ def test_pipeline_writes_metrics_plots_and_models(base, tmp_path, capsys):
     (["--pairs", "0"], "argument --pairs: expected a positive whole number, got 0"),
     (["--ppo-steps", "ten"], "argument --ppo-steps: expected a positive whole number, got 'ten'"),
     (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    (["--threads", "-1"], "argument --threads: expected a positive whole number, got -1"),
     (["--device", "gpu"], "argument --device: unknown device 'gpu'; use 'cpu', 'cuda' or 'cuda:N'"),
 ])
 def test_bad_arguments_get_a_clear_error(argv, message, tmp_path, capsys):
