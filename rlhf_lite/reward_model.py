@@ -132,7 +132,8 @@ class RewardModel(torch.nn.Module):
     @torch.no_grad()
     def score_completions(self, batch: Completions, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
         """Rewards (B,) for a ``Completions`` batch (from ``generate`` or ``encode_completions``),
-        without re-tokenising. Normalised unless ``normalize=False``. On the batch's device."""
+        without re-tokenising. Normalised unless ``normalize=False``. On the batch's device.
+        A completion cut off before <eos> (``ended`` False) is read at its last token."""
         was_training = self.model.training
         self.model.eval()
         ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)

@@ -94,6 +94,30 @@ def test_score_reads_the_eos_and_the_prompt(fresh_reward_model, world):
     assert not torch.allclose(rm.score([p], ["Paris."]), rm.score([other_prompt], ["Paris."]))
 
 
+def test_any_causal_lm_and_a_pad_that_is_eos(world):
+    """Bring your own model: a Llama whose tokenizer pads with <eos> (as ``load_model`` sets up
+    tokenizers without a pad). The HF classifier would read at the last token that is not the pad,
+    i.e. skip the <eos>; we read at the last real token from the attention mask."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from rlhf_lite.models import build_tokenizer
+    tokenizer = build_tokenizer(world)
+    tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    rm = RewardModel.from_base(LlamaForCausalLM(config), tokenizer)
+    torch.nn.init.normal_(rm.model.score.weight)
+    prompts, texts = [world.prompts[0], max(world.prompts, key=len)], ["Paris.", "Well, let me think. " * 3]
+    together = rm.score(prompts, texts, normalize=False)
+    assert torch.allclose(together[:1], rm.score(prompts[:1], texts[:1], normalize=False), atol=1e-5)
+    batch = encode_completions(tokenizer, prompts[:1], texts[:1], rm.device)
+    with torch.no_grad():
+        hidden = rm.model.base_model(input_ids=batch.input_ids).last_hidden_state
+        at_eos, before_eos = rm.model.score(hidden[0, -1]), rm.model.score(hidden[0, -2])
+    assert torch.allclose(together[0], at_eos, atol=1e-5) and not torch.allclose(together[0], before_eos)
+
+
 def test_score_completions_matches_score_on_samples(fresh_reward_model, base, world):
     """PPO scores its own samples without re-tokenising; that must agree with scoring the texts."""
     model, tokenizer = base
