@@ -40,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "run PPO, and compare the PPO policy with the base model on gold. Writes OUT/metrics.json, "
                     "the plots, the pairs and the models.")
     pipeline.add_argument("--out", required=True, help="folder for metrics.json, plots and models (made if missing)")
-    pipeline.add_argument("--seed", type=int, default=0, help="seed of the world, the models and the labeler (default 0)")
-    pipeline.add_argument("--device", type=device_name, default=None, help="cpu, cuda or cuda:N (default: CUDA if present)")
+    pipeline.add_argument("--seed", type=int, default=0,
+                          help="seed of the world, the models and the labeler (default 0)")
+    pipeline.add_argument("--device", type=device_name, default=None,
+                          help="cpu, cuda or cuda:N (default: CUDA if present)")
     pipeline.add_argument("--task", choices=sorted(TASKS), default="trivia", help="the world's task (default trivia)")
     pipeline.add_argument("--criteria", choices=sorted(CRITERIA), default="helpful",
                           help="what the simulated labelers prefer (default helpful)")
@@ -54,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="CPU threads for torch (default: torch's choice, one per core); "
                                "1 is faster on a machine other jobs keep busy")
     pipeline.add_argument("--cache-dir", default=None,
-                          help="where the base model is cached (default OUT/runs); e.g. notebooks/runs to reuse the lessons'")
+                          help="where the base model is cached (default OUT/runs); "
+                               "e.g. notebooks/runs to reuse the lessons'")
     return parser
 
 

@@ -34,6 +34,7 @@ from .preferences import make_preference_dataset, write_trl_jsonl
 from .reward_model import evaluate, split_comparisons, train_reward_model
 from .world import SimulatedLabeler, World, get_criteria
 
+
 def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int = 0,
                  device: str | None = None, pairs: int = 1000, ppo_steps: int = PPOConfig.steps,
                  cache_dir=None, pretrain_steps: int | None = None, heldout_samples: int = 8,
