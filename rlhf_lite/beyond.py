@@ -260,13 +260,20 @@ def fit_gao(d, r, form: str = "bon") -> GaoFit:
 
 
 def plot_overoptimisation(curve, fit: GaoFit | None = None, ax=None, title: str = "", label: str = ""):
-    """Proxy and gold gain (over d = 0) against d = sqrt(KL), and the fitted gold form if given."""
+    """Proxy and gold gain (over d = 0) against d = sqrt(KL), and the fitted gold form if given.
+
+    Points are joined by lines when d only grows (best-of-n over growing n); a PPO run's KL goes
+    up and down, so its iterations are drawn as points.
+    """
     import matplotlib.pyplot as plt
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     d = curve["d"]
-    ax.plot(d, [p - curve["proxy"][0] for p in curve["proxy"]], "o-", ms=3, label=f"proxy {label}".strip())
-    line, = ax.plot(d, [g - curve["gold"][0] for g in curve["gold"]], "s-", ms=3, label=f"gold {label}".strip())
+    joined = all(b >= a for a, b in zip(d, d[1:]))
+    ax.plot(d, [p - curve["proxy"][0] for p in curve["proxy"]], "o-" if joined else "o", ms=3,
+            label=f"proxy {label}".strip())
+    line, = ax.plot(d, [g - curve["gold"][0] for g in curve["gold"]], "s-" if joined else "s", ms=3,
+                    label=f"gold {label}".strip())
     if fit is not None:
         grid = torch.linspace(0, max(d), 100)
         ax.plot(grid, fit(grid), "--", color=line.get_color(),
