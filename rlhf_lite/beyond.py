@@ -61,21 +61,6 @@ def bon_kl_exact(probs, scores, n: int) -> float:
     return float((q[keep] * (q[keep] / probs[order][keep]).log()).sum())
 
 
-def empirical_bon_kl(prompts, candidates, reward, ns) -> list[float]:
-    """The exact best-of-n KL of each prompt's *empirical* distribution (the pool's distinct texts,
-    weighted by how often they were drawn, scored by ``reward``), averaged over prompts, for each
-    n in ``ns``: how far ``bon_kl`` is from the truth for a model whose answers repeat.
-    A plug-in estimate: it cannot exceed log(distinct texts), so trust it for n well below N."""
-    out = [0.0] * len(ns)
-    for prompt, row in zip(prompts, candidates):
-        texts = sorted(set(row))
-        probs = torch.tensor([row.count(t) for t in texts], dtype=torch.float64) / len(row)
-        scores = score_texts(reward, [prompt] * len(texts), texts)
-        for k, n in enumerate(ns):
-            out[k] += bon_kl_exact(probs, scores, n) / len(prompts)
-    return out
-
-
 def score_texts(reward, prompts, texts, chunk: int = 1024) -> torch.Tensor:
     """Scores of (prompt, text) pairs by a ``RewardModel`` (its ``score``) or any function
     ``(prompts, completions) -> floats``, as a float tensor on the CPU, (B,).
@@ -153,6 +138,21 @@ def best_of_n(model, tokenizer, prompts, n: int, reward, max_new_tokens: int = 2
                    scores.max(1).values, candidates, scores)
 
 
+def empirical_bon_kl(prompts, candidates, reward, ns) -> list[float]:
+    """The exact best-of-n KL of each prompt's *empirical* distribution (the pool's distinct texts,
+    weighted by how often they were drawn, scored by ``reward``), averaged over prompts, for each
+    n in ``ns``: how far ``bon_kl`` is from the truth for a model whose answers repeat.
+    A plug-in estimate: it cannot exceed log(distinct texts), so trust it for n well below N."""
+    out = [0.0] * len(ns)
+    for prompt, row in zip(prompts, candidates):
+        texts = sorted(set(row))
+        probs = torch.tensor([row.count(t) for t in texts], dtype=torch.float64) / len(row)
+        scores = score_texts(reward, [prompt] * len(texts), texts)
+        for k, n in enumerate(ns):
+            out[k] += bon_kl_exact(probs, scores, n) / len(prompts)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Over-optimisation: proxy and gold against d = sqrt(KL)
 # ---------------------------------------------------------------------------------------------
@@ -160,8 +160,9 @@ def best_of_n(model, tokenizer, prompts, n: int, reward, max_new_tokens: int = 2
 def best_of_n_weights(N: int, n: int) -> torch.Tensor:
     """P(the i-th lowest of N samples is the best of a random n of them) = C(i, n-1) / C(N, n).
 
-    Averaging with these weights over one pool of N samples gives an unbiased estimate of the
-    best-of-n expectation for every n <= N at once (Gao et al. 2022, appendix).
+    Rank the pool by reward; a random n-subset has the i-th lowest as its best when it holds that
+    sample and n - 1 of the i below it. Averaging with these weights over one pool of N samples
+    gives an unbiased estimate of the best-of-n expectation for every n <= N at once.
     """
     if not 1 <= n <= N:
         raise ValueError(f"need 1 <= n <= N, got n={n}, N={N}")
@@ -182,12 +183,12 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
     sample being another draw from the same pool.
     """
     B, N = len(candidates), len(candidates[0])
+    if N < 2:
+        raise ValueError("best_of_n_curve needs at least 2 candidates a prompt (sample_candidates(..., n >= 2))")
     flat_prompts = [p for p in prompts for _ in range(N)]
     flat_texts = [t for row in candidates for t in row]
     proxy = score_texts(reward, flat_prompts, flat_texts).view(B, N).double()
     gold = torch.tensor(list(gold_fn(flat_prompts, flat_texts)), dtype=torch.float64).view(B, N)
-    if N < 2:
-        raise ValueError("best_of_n_curve needs at least 2 candidates a prompt")
     beats = (gold[:, :, None] > gold[:, None, :]).double() + 0.5 * (gold[:, :, None] == gold[:, None, :]).double()
     win = (beats.sum(2) - 0.5) / (N - 1)                  # against the other N - 1 draws (not itself)
     order = proxy.argsort(1)                              # rank the pool by the proxy
@@ -335,8 +336,9 @@ def compare_methods(world, base, tokenizer, prompts, policies=None, best_of=None
 
 def format_table(rows) -> str:
     """The rows of ``compare_methods`` as a plain-text table."""
-    lines = [f"{'method':<14}{'gold':>7}{'win-rate':>10}{'KL (nats)':>11}{'train s':>9}{'sample s':>10}"]
+    width = max([len("method")] + [len(r["method"]) for r in rows]) + 2
+    lines = [f"{'method':<{width}}{'gold':>6}{'win-rate':>10}{'KL (nats)':>11}{'train s':>9}{'sample s':>10}"]
     for r in rows:
-        lines.append(f"{r['method']:<14}{r['gold']:>7.2f}{r['win_rate']:>10.2f}{r['kl']:>11.2f}"
+        lines.append(f"{r['method']:<{width}}{r['gold']:>6.2f}{r['win_rate']:>10.2f}{r['kl']:>11.2f}"
                      f"{r['train_seconds']:>9.1f}{r['sample_seconds']:>10.2f}")
     return "\n".join(lines)
