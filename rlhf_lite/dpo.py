@@ -122,7 +122,9 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
     device = pick_device(config.device)
     seed_everything(config.seed)
     data = _usable(comparisons)
-    reference = base_model.to(device).eval()
+    here = next(base_model.parameters()).device
+    on_device = here.type == device.type and device.index in (None, here.index)
+    reference = (base_model if on_device else copy.deepcopy(base_model).to(device)).eval()  # caller's stays put
     policy = copy.deepcopy(reference).train()
     prompts = [c.prompt for c in data]
     chosen, rejected = [c.chosen for c in data], [c.rejected for c in data]
