@@ -27,3 +27,13 @@ def base(world):
     torch.manual_seed(0)
     model, tokenizer, _, _ = get_base_model(world, runs_dir=str(RUNS))
     return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module: on a shared, busy CPU two threads wait on each other
+    and run many times slower. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

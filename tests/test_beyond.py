@@ -13,13 +13,7 @@ from rlhf_lite.preferences import Comparison, make_preference_dataset
 from rlhf_lite.world import SimulatedLabeler
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a shared, busy CPU two threads wait on each other and run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
