@@ -8,8 +8,8 @@ import torch
 from rlhf_lite.models import encode_completions, generate
 from rlhf_lite.preferences import Comparison, make_preference_dataset
 from rlhf_lite.reward_model import (RewardModel, bradley_terry_loss, calibration, evaluate,
-                                    noise_ceiling, normalize_rewards, pair_rewards, rewards_by_style,
-                                    split_comparisons, train_reward_model)
+                                    noise_ceiling, rewards_by_style, split_comparisons,
+                                    train_reward_model)
 from rlhf_lite.world import SimulatedLabeler
 
 

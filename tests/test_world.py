@@ -1,7 +1,6 @@
 """The world: the judge on a table of texts, criteria orderings, labelers, reproducibility."""
 import collections
 import math
-import random
 
 import pytest
 
