@@ -29,6 +29,7 @@ import time
 import torch
 
 from .models import completion_logprobs, generate
+from .ppo import head_to_head
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,8 +317,7 @@ def compare_methods(world, base, tokenizer, prompts, policies=None, best_of=None
 
     def row(name, texts, kl, seconds):
         gold = world.gold_many(batch, texts, criteria)
-        wins = [(a > b) + 0.5 * (a == b) for a, b in zip(gold, base_gold)]
-        return dict(method=name, gold=sum(gold) / len(gold), win_rate=sum(wins) / len(wins), kl=kl,
+        return dict(method=name, gold=sum(gold) / len(gold), win_rate=head_to_head(gold, base_gold), kl=kl,
                     train_seconds=train_seconds.get(name, 0.0), sample_seconds=seconds)
 
     rows = []

@@ -504,11 +504,16 @@ PLOT_METRICS = ("reward", "gold", "kl", "entropy", "clipfrac", "explained_varian
 # ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
+def head_to_head(ours, theirs) -> float:
+    """The share of paired comparisons where ``ours`` beats ``theirs``; ties count 1/2."""
+    wins = [(a > b) + 0.5 * (a == b) for a, b in zip(ours, theirs)]
+    return sum(wins) / len(wins)
+
+
 def gold_win_rate(policy, base, tokenizer, prompts, gold_fn, samples_per_prompt: int = 4,
                   max_new_tokens: int = 24, temperature: float = 1.0, seed: int = 0) -> float:
     """P(gold(policy's sample) > gold(base's sample)) on ``prompts``, head to head; ties count 1/2."""
     batch = [p for p in prompts for _ in range(samples_per_prompt)]
     ours = generate(policy, tokenizer, batch, max_new_tokens, temperature, seed=seed).texts
     theirs = generate(base, tokenizer, batch, max_new_tokens, temperature, seed=seed + 1).texts
-    wins = [(a > b) + 0.5 * (a == b) for a, b in zip(gold_fn(batch, ours), gold_fn(batch, theirs))]
-    return sum(wins) / len(wins)
+    return head_to_head(gold_fn(batch, ours), gold_fn(batch, theirs))

@@ -391,8 +391,7 @@ class World:
         return get_criteria(criteria).utility(self.features(prompt, text))
 
     def gold_many(self, prompts, texts, criteria="helpful") -> list[float]:
-        crit = get_criteria(criteria)
-        return [crit.utility(self.features(p, t)) for p, t in zip(prompts, texts)]
+        return [self.gold(p, t, criteria) for p, t in zip(prompts, texts)]
 
     def split_prompts(self, heldout: float = 0.2) -> tuple[list[str], list[str]]:
         """(train, heldout) prompts: a fixed split so lessons evaluate on prompts never trained on."""
