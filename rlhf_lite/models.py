@@ -73,6 +73,7 @@ def make_base_model(tokenizer, preset: str = "tiny", seed: int = 0) -> GPT2LMHea
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, **MODEL_PRESETS[preset],
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id,
+                        activation_function="gelu_pytorch_tanh",  # GPT-2's tanh-GELU, fused: faster on a CPU
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # RL wants dropout off
     return GPT2LMHeadModel(config)
 
