@@ -353,6 +353,31 @@ def noise_ceiling(labeler, comparisons) -> float:
     return sum(max(p, 1 - p) for p in ps) / len(ps) if ps else float("nan")
 
 
+def shortfall_by_style(world, labeler, comparisons, r_chosen, r_rejected) -> list[dict]:
+    """Where the accuracy falls short of the noise ceiling, by the styles of the two answers.
+
+    One row per pair of styles (``world.style``, in alphabetical order): ``pairs``, the
+    ``accuracy`` against the labels and the ``ceiling`` on those pairs, and ``points``: how many
+    points of the overall gap (ceiling - accuracy, over all pairs with a preference) they account
+    for. The rows' points add up to that gap; the largest first.
+    """
+    rows, total = {}, 0
+    for c, rc, rr in zip(comparisons, r_chosen.tolist(), r_rejected.tolist()):
+        if c.tie or c.both_bad:
+            continue
+        total += 1
+        key = tuple(sorted((world.style(c.prompt, c.chosen), world.style(c.prompt, c.rejected))))
+        row = rows.setdefault(key, dict(styles=key, pairs=0, right=0, ceiling=0.0))
+        p = labeler.prob_left(c.prompt, c.chosen, c.rejected)
+        row["pairs"] += 1
+        row["right"] += rc > rr
+        row["ceiling"] += max(p, 1 - p)
+    out = [dict(styles=r["styles"], pairs=r["pairs"], accuracy=r["right"] / r["pairs"],
+                ceiling=r["ceiling"] / r["pairs"], points=100 * (r["ceiling"] - r["right"]) / total)
+           for r in rows.values()]
+    return sorted(out, key=lambda r: -r["points"])
+
+
 def gold_agreement(world, comparisons, r_chosen, r_rejected, criteria="helpful") -> float:
     """Share of pairs, among those the gold judge does not see as equal, that the reward model
     orders the way gold does: sign(r_chosen - r_rejected) == sign(u_chosen - u_rejected)."""

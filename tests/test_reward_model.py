@@ -8,8 +8,8 @@ import torch
 from rlhf_lite.models import encode_completions, generate
 from rlhf_lite.preferences import Comparison, make_preference_dataset
 from rlhf_lite.reward_model import (RewardModel, bradley_terry_loss, calibration, evaluate,
-                                    noise_ceiling, rewards_by_style, split_comparisons,
-                                    train_reward_model)
+                                    noise_ceiling, pair_rewards, rewards_by_style, shortfall_by_style,
+                                    split_comparisons, train_reward_model)
 from rlhf_lite.world import SimulatedLabeler
 
 
@@ -182,11 +182,30 @@ def test_heldout_accuracy_against_labels_gold_and_ceiling(trained, result, label
     assert result["accuracy"] < ceiling + 0.03
 
 
-@pytest.mark.xfail(reason="issue 4's target; the tiny 2-layer base gives ~0.73 against a ceiling of ~0.87: "
-                          "its reward model learns tone, rudeness and dodging from 500 pairs, not which "
-                          "facts are right (see the stage-2 report)", strict=False)
+@pytest.mark.xfail(reason="issue 4's target; the tiny 2-layer base gives ~0.72 against a ceiling of ~0.87. "
+                          "Its reward model learns tone, rudeness and dodging from 500 pairs, not which facts "
+                          "are right: pairs with a wrong answer make up most of the gap (benchmarks/"
+                          "bench_reward_model.py --pairs 500 --shortfall)", strict=False)
 def test_within_three_points_of_the_noise_ceiling(result):
     assert result["accuracy"] >= result["noise_ceiling_accuracy"] - 0.03
+
+
+def test_shortfall_by_style_splits_the_gap(trained, result, world, labeler):
+    reward_model, _, heldout = trained
+    rows = shortfall_by_style(world, labeler, heldout, *pair_rewards(reward_model, heldout))
+    gap = 100 * (result["noise_ceiling_accuracy"] - result["accuracy"])
+    assert sum(r["points"] for r in rows) == pytest.approx(gap, abs=1e-4)  # evaluate averages in float32
+    assert sum(r["pairs"] for r in rows) == sum(not (c.tie or c.both_bad) for c in heldout)
+    assert [r["points"] for r in rows] == sorted((r["points"] for r in rows), reverse=True)
+    # by hand: a pair the model gets right and one it gets wrong, both of certain outcome
+    p = "Question: What is the capital of France? Answer:"
+    pairs = [Comparison(p, "The capital of France is Paris.", "Ugh, paris. Obviously."),
+             Comparison(p, "The capital of France is Paris.", "I do not know.")]
+    careful = SimulatedLabeler(world, "helpful", temperature=0.01)
+    rows = shortfall_by_style(world, careful, pairs, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+    by = {r["styles"]: r for r in rows}
+    assert by[("rude", "sentence")]["accuracy"] == 1 and by[("rude", "sentence")]["points"] == pytest.approx(0)
+    assert by[("evasive", "sentence")]["accuracy"] == 0 and by[("evasive", "sentence")]["points"] == pytest.approx(50)
 
 
 def test_helpful_ranks_correct_polite_answers_above_rude_and_wrong(trained, world):
