@@ -4,8 +4,8 @@ One module a stage, each read top to bottom:
 
 - ``world``: tasks, the internet corpus, the judge, criteria, simulated labelers
 - ``models``: tokenizer, base model, pretraining, the one generation and log-prob helpers
-- ``preferences`` (stage 1): pairs, the durable label store, simulated labels, TRL format;
-  ``widget``: the pairwise labeling widget
+- ``preferences`` (stage 1): pairs, simulated labels, the TRL format; ``label_store``: the
+  durable label store; ``widget``: the pairwise labeling widget
 - ``reward_model`` (stage 2): the Bradley-Terry reward model, its training and evaluation
 - ``ppo`` (stage 3): PPO against a reward model or any reward function
 - ``dpo`` and ``beyond``: DPO, the SFT baseline, best-of-n, reward over-optimisation
@@ -14,6 +14,7 @@ One module a stage, each read top to bottom:
 from .world import CRITERIA, STYLES, Criteria, SimulatedLabeler, World, get_criteria
 from .models import (completion_logprobs, generate, get_base_model, load_model, pick_device,
                      save_model)
-from .preferences import Comparison, LabelStore, make_preference_dataset
+from .preferences import Comparison, make_preference_dataset
+from .label_store import LabelStore
 from .reward_model import RewardModel, bradley_terry_loss, train_reward_model
 from .ppo import PPOConfig, PPOTrainer

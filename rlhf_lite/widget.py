@@ -21,7 +21,8 @@ import html
 
 import ipywidgets as widgets
 
-from .preferences import pair_key, shown_sides
+from .label_store import shown_sides
+from .preferences import pair_key
 from .world import get_criteria
 
 try:

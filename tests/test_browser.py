@@ -236,7 +236,7 @@ def test_label_widget_in_jupyterlab(tmp_path):
     assert shown[2]["left"] == shown[0]["left"], f"after Undo the pair comes back on the same sides{where}"
 
     # what the next lessons read: one label in force per pair, chosen = the side that was clicked
-    from rlhf_lite.preferences import LabelStore
+    from rlhf_lite.label_store import LabelStore
 
     expect = [(s["left"], s["right"]) if s["choice"] != "B" else (s["right"], s["left"]) for s in clicked[1:]]
     got = [(c.prompt, c.chosen, c.rejected, c.tie, c.both_bad) for c in LabelStore(store).comparisons()]

@@ -13,9 +13,9 @@ import pytest
 
 from rlhf_lite import SimulatedLabeler
 from rlhf_lite.models import build_tokenizer, make_base_model
-from rlhf_lite.preferences import (Comparison, LabelStore, LabelStoreError, LabelStoreLockedError,
-                                   LabelStoreWarning, draw_pairs, fill_unlabeled, left_choice_rate,
-                                   pair_key, read_trl_jsonl, shown_sides, write_trl_jsonl)
+from rlhf_lite.label_store import (LabelStore, LabelStoreError, LabelStoreLockedError, LabelStoreWarning,
+                                   fill_unlabeled, left_choice_rate, shown_sides)
+from rlhf_lite.preferences import Comparison, draw_pairs, pair_key, read_trl_jsonl, write_trl_jsonl
 
 
 def world_pairs(world, n, seed=0):
@@ -41,7 +41,7 @@ def run_child(code, *args, **kwargs):
 
 LABEL_FOREVER = r"""
 import random, sys, time
-from rlhf_lite.preferences import LabelStore
+from rlhf_lite.label_store import LabelStore
 store = LabelStore(sys.argv[1])
 i = 0
 while True:
@@ -151,7 +151,7 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, message, last):
 
 HOLD_LOCK = r"""
 import sys
-from rlhf_lite.preferences import LabelStore
+from rlhf_lite.label_store import LabelStore
 store = LabelStore(sys.argv[1])
 store.label("from the child", "a", "b", "A", "child")
 print("locked", flush=True)

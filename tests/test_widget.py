@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from rlhf_lite import SimulatedLabeler, get_criteria
-from rlhf_lite.preferences import (LabelStore, LabelStoreLockedError, fill_unlabeled, pair_key,
-                                   shown_sides)
+from rlhf_lite.label_store import LabelStore, LabelStoreLockedError, fill_unlabeled, shown_sides
+from rlhf_lite.preferences import pair_key
 from rlhf_lite.widget import LabelingWidget
 
 BUTTONS = ["A better", "B better", "Tie", "Both bad", "Skip", "Undo"]
@@ -108,7 +108,7 @@ def test_resumes_where_the_learner_stopped(tmp_path, pairs):
         widget.buttons[name].click()
     shown = widget.current
     # a kernel restart: a new process, a new store on the same file, a new widget
-    code = ("import sys, json; from rlhf_lite.preferences import LabelStore; "
+    code = ("import sys, json; from rlhf_lite.label_store import LabelStore; "
             "from rlhf_lite.widget import LabelingWidget; "
             "w = LabelingWidget(LabelStore(sys.argv[1]), json.loads(sys.argv[2])); "
             "print(json.dumps(w.current)); w.buttons['Tie'].click()")
@@ -144,7 +144,7 @@ def test_the_learners_clicks_win_over_the_simulated_fill(tmp_path, world, pairs)
     assert tie.tie and tie.labeler == "you"
 
 
-HOLD = ("import sys; from rlhf_lite.preferences import LabelStore; s = LabelStore(sys.argv[1]); "
+HOLD = ("import sys; from rlhf_lite.label_store import LabelStore; s = LabelStore(sys.argv[1]); "
         "s.lock(); print('locked', flush=True); sys.stdin.readline()")
 
 
