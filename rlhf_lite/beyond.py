@@ -29,7 +29,7 @@ import time
 import torch
 
 from .models import completion_logprobs, generate
-from .ppo import head_to_head
+from .stats import win_rate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,20 +180,33 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
     prompts: (B,); candidates: (B, N) texts from ``sample_candidates``; reward: the proxy;
     gold_fn: ``(prompts, completions) -> floats``, e.g. ``world.gold_many`` (only measured).
     Returns {"n", "kl", "d", "proxy", "gold", "win_rate"}: lists, one value per n (means over
-    prompts); win_rate is P(gold of best-of-n > gold of a plain sample), ties 1/2, the plain
-    sample being another draw from the same pool.
+    prompts). win_rate is P(gold of best-of-n > gold of a plain sample), ties 1/2, where the
+    plain sample must be a draw *outside* the n that best-of-n chose from: the n - 1 it beat
+    on the proxy are not fair opponents (they were picked against). With the pool ranked by
+    the proxy and sample i the best of its subset S, an opponent j above i is always outside
+    S, and one of the i below it is outside with probability 1 - (n - 1) / i, so
+
+        win(i) = [sum_(j > i) beats(i, j) + (1 - (n - 1) / i) sum_(j < i) beats(i, j)] / (N - n)
+
+    averaged with ``best_of_n_weights``. One pool of N cannot estimate it for n = N (no draw
+    is left over): win_rate is NaN there.
     """
     B, N = len(candidates), len(candidates[0])
     if N < 2:
-        raise ValueError("best_of_n_curve needs at least 2 candidates a prompt (sample_candidates(..., n >= 2))")
+        raise ValueError("best_of_n_curve needs at least 2 candidates a prompt "
+                         "(sample_candidates(..., n >= 2))")
     flat_prompts = [p for p in prompts for _ in range(N)]
     flat_texts = [t for row in candidates for t in row]
     proxy = score_texts(reward, flat_prompts, flat_texts).view(B, N).double()
     gold = torch.tensor(list(gold_fn(flat_prompts, flat_texts)), dtype=torch.float64).view(B, N)
-    beats = (gold[:, :, None] > gold[:, None, :]).double() + 0.5 * (gold[:, :, None] == gold[:, None, :]).double()
-    win = (beats.sum(2) - 0.5) / (N - 1)                  # against the other N - 1 draws (not itself)
     order = proxy.argsort(1)                              # rank the pool by the proxy
-    proxy_sorted, gold_sorted, win_sorted = proxy.gather(1, order), gold.gather(1, order), win.gather(1, order)
+    proxy_sorted, gold_sorted = proxy.gather(1, order), gold.gather(1, order)
+    beats = ((gold_sorted[:, :, None] > gold_sorted[:, None, :]).double()
+             + 0.5 * (gold_sorted[:, :, None] == gold_sorted[:, None, :]).double())
+    above = torch.ones(N, N, dtype=torch.float64).triu(1)          # [i, j] = 1 where j > i
+    below = above.T
+    beats_above, beats_below = (beats * above).sum(2), (beats * below).sum(2)   # (B, N)
+    rank = torch.arange(N, dtype=torch.float64).clamp(min=1)
     curve = {"n": [], "kl": [], "d": [], "proxy": [], "gold": [], "win_rate": []}
     for n in ns:
         w = best_of_n_weights(N, n)
@@ -202,7 +215,11 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
         curve["d"].append(math.sqrt(bon_kl(n)))
         curve["proxy"].append(float((proxy_sorted * w).sum(1).mean()))
         curve["gold"].append(float((gold_sorted * w).sum(1).mean()))
-        curve["win_rate"].append(float((win_sorted * w).sum(1).mean()))
+        if n < N:
+            win = (beats_above + (1 - (n - 1) / rank) * beats_below) / (N - n)
+            curve["win_rate"].append(float((win * w).sum(1).mean()))
+        else:
+            curve["win_rate"].append(float("nan"))
     return curve
 
 
@@ -308,7 +325,8 @@ def compare_methods(world, base, tokenizer, prompts, policies=None, best_of=None
     policies: {name: fine-tuned model}; best_of: {name: (reward, n)} for best-of-n on ``base``;
     train_seconds: {name: seconds it took to train}. The base model's own samples (a different
     seed) are the opponent; a win is gold(method) > gold(base), a tie counts 1/2.
-    Returns one dict a method: method, gold, win_rate, kl, train_seconds, sample_seconds.
+    Returns one dict a method: method, gold, win_rate (an ``Estimate``: value, 95% interval
+    bootstrapped over prompts, n), kl, train_seconds, sample_seconds.
     """
     batch = [p for p in prompts for _ in range(samples_per_prompt)]
     n_tokens = world.max_new_tokens
@@ -317,7 +335,8 @@ def compare_methods(world, base, tokenizer, prompts, policies=None, best_of=None
 
     def row(name, texts, kl, seconds):
         gold = world.gold_many(batch, texts, criteria)
-        return dict(method=name, gold=sum(gold) / len(gold), win_rate=head_to_head(gold, base_gold), kl=kl,
+        return dict(method=name, gold=sum(gold) / len(gold), kl=kl,
+                    win_rate=win_rate(gold, base_gold, groups=batch, seed=seed),
                     train_seconds=train_seconds.get(name, 0.0), sample_seconds=seconds)
 
     rows = []
@@ -337,8 +356,15 @@ def compare_methods(world, base, tokenizer, prompts, policies=None, best_of=None
 def format_table(rows) -> str:
     """The rows of ``compare_methods`` as a plain-text table."""
     width = max([len("method")] + [len(r["method"]) for r in rows]) + 2
-    lines = [f"{'method':<{width}}{'gold':>6}{'win-rate':>10}{'KL (nats)':>11}{'train s':>9}{'sample s':>10}"]
+    lines = [f"{'method':<{width}}{'gold':>6}{'win rate [95% CI]':>20}{'KL (nats)':>11}"
+             f"{'train s':>9}{'sample s':>10}"]
     for r in rows:
-        lines.append(f"{r['method']:<{width}}{r['gold']:>6.2f}{r['win_rate']:>10.2f}{r['kl']:>11.2f}"
+        w = r["win_rate"]
+        interval = f"{float(w):.2f} [{w.low:.2f}, {w.high:.2f}]"
+        lines.append(f"{r['method']:<{width}}{r['gold']:>6.2f}{interval:>20}{r['kl']:>11.2f}"
                      f"{r['train_seconds']:>9.1f}{r['sample_seconds']:>10.2f}")
+    n = rows[0]["win_rate"] if rows else None
+    if n is not None:
+        lines.append(f"(win rates against the base model's samples: n = {n.n} pairs from "
+                     f"{n.groups} held-out prompts each)")
     return "\n".join(lines)

@@ -44,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .models import Completions, completion_logprobs, generate, position_ids
+from .stats import Estimate, win_rate
 
 
 @dataclasses.dataclass
@@ -65,8 +66,12 @@ class PPOConfig:
     """Sampling temperature; 0.7 to 1. Log-probs are computed at the same temperature."""
     kl_coef: float = 0.1
     """beta, the initial weight of the per-token KL penalty; 0.01 to 0.3. 0 turns the penalty off."""
+    kl_in: str = "reward"
+    """Where the KL penalty acts: "reward" (-beta * k1 in every token's reward; Ziegler et al.
+    2019, InstructGPT) or "loss" (beta * mean k3 added to the loss; GRPO). See ``kl_loss``."""
     kl_estimator: str = "k1"
-    """Per-token KL estimate: "k1" = log pi - log pi_ref, "k2", "k3" (Schulman 2020); see kl_penalty."""
+    """Per-token KL estimate (Schulman 2020; see ``kl_penalty``): "k1" in the reward; "k3"
+    (GRPO) or "k2" in the loss. Other pairings are refused: they do not pull towards pi_ref."""
     adaptive_kl: bool = True
     """Adapt beta towards target_kl (Ziegler et al. 2019); False keeps beta fixed at kl_coef."""
     target_kl: float = 3.0
@@ -113,6 +118,13 @@ class PPOConfig:
                 raise ValueError(f"PPOConfig.{name} must be a positive integer, got {getattr(self, name)}")
         if self.kl_estimator not in ("k1", "k2", "k3"):
             raise ValueError(f"PPOConfig.kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
+        if self.kl_in not in ("reward", "loss"):
+            raise ValueError(f"PPOConfig.kl_in must be 'reward' or 'loss', got {self.kl_in!r}")
+        if (self.kl_in == "reward") != (self.kl_estimator == "k1"):
+            raise ValueError(
+                f"PPOConfig: kl_estimator={self.kl_estimator!r} with kl_in={self.kl_in!r} does not pull "
+                "the policy towards the reference: use k1 in the reward, or k3 (or k2) in the loss "
+                "(see ppo.kl_loss for why)")
         if self.value_init not in ("reward_model", "policy"):
             raise ValueError(f"PPOConfig.value_init must be 'reward_model' or 'policy', got {self.value_init!r}")
 
@@ -145,7 +157,8 @@ def kl_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, estimator: str = "k1"
       k1 = -log r = logp - logp_ref      unbiased, can be negative per token (Ziegler; TRL default)
       k2 = (log r)^2 / 2                 biased, low variance, >= 0
       k3 = (r - 1) - log r               unbiased and >= 0
-    All are zero when pi = pi_ref.
+    All are zero when pi = pi_ref. "Unbiased" is about the estimate's *value*; which one also
+    has the right *gradient* depends on whether it acts as a reward or a loss (``kl_loss``).
     """
     log_r = logp_ref - logp
     if estimator == "k1":
@@ -153,6 +166,22 @@ def kl_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, estimator: str = "k1"
     if estimator == "k2":
         return 0.5 * log_r ** 2
     return torch.expm1(log_r) - log_r
+
+
+def kl_loss(logp, logp_ref, mask, estimator: str = "k3") -> torch.Tensor:
+    """The KL penalty as a loss term (GRPO; Shao et al. 2024): mean_t k(logp_t, logp_ref_t),
+    with the gradient flowing through logp_t (the tokens stay the sampled ones).
+
+    Which estimator carries the right gradient depends on where it acts. As a *loss*, with
+    y_t ~ pi fixed: grad k1 = grad log pi, whose mean under pi is 0 (no pull at all);
+    grad k2 = (log pi - log pi_ref) grad log pi, whose mean is grad KL(pi || pi_ref); grad k3 =
+    (1 - pi_ref / pi) grad log pi, whose mean is grad KL(pi_ref || pi). So k2 or k3 here.
+    As a *reward* (detached, ``per_token_rewards``) it is the other way round: the policy
+    gradient of a reward -k1 is exactly -grad KL(pi || pi_ref), while k2 and k3 as rewards
+    pull only to second order near pi_ref (k3 = (log r)^2 / 2 + O(log r^3)): that is why
+    ``PPOConfig`` pairs k1 with the reward and k2/k3 with the loss.
+    """
+    return masked_mean(kl_penalty(logp, logp_ref, estimator), mask)
 
 
 def per_token_rewards(scores, kl, mask, kl_coef: float) -> torch.Tensor:
@@ -402,8 +431,9 @@ class PPOTrainer:
         logp_ref = self.logprobs(self.reference, batch)
         values = self.value_model(batch)
         timings["scoring"] = time.perf_counter() - start
-        kl = kl_penalty(logp, logp_ref, cfg.kl_estimator) * mask
-        rewards = per_token_rewards(scores, kl, mask, self.kl_controller.value)
+        kl = kl_penalty(logp, logp_ref, "k1") * mask            # logged; the reward's penalty
+        kl_coef = self.kl_controller.value if cfg.kl_in == "reward" else 0.0
+        rewards = per_token_rewards(scores, kl, mask, kl_coef)
         if cfg.whiten_rewards:                                   # TRL's whiten_rewards
             rewards = whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
@@ -429,6 +459,9 @@ class PPOTrainer:
                 vf_loss = value_loss(self.value_model(minibatch), ro.values[idx], ro.returns[idx],
                                      mask[idx], cfg.clip_range_value)
                 loss = pg_loss + cfg.value_coef * vf_loss
+                if cfg.kl_in == "loss":                            # GRPO's KL term, see kl_loss
+                    loss = loss + self.kl_controller.value * kl_loss(
+                        logp, ro.logp_ref[idx], mask[idx], cfg.kl_estimator)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm is not None:
@@ -504,16 +537,11 @@ PLOT_METRICS = ("reward", "gold", "kl", "entropy", "clipfrac", "explained_varian
 # ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def head_to_head(ours, theirs) -> float:
-    """The share of paired comparisons where ``ours`` beats ``theirs``; ties count 1/2."""
-    wins = [(a > b) + 0.5 * (a == b) for a, b in zip(ours, theirs)]
-    return sum(wins) / len(wins)
-
-
 def gold_win_rate(policy, base, tokenizer, prompts, gold_fn, samples_per_prompt: int = 4,
-                  max_new_tokens: int = 24, temperature: float = 1.0, seed: int = 0) -> float:
-    """P(gold(policy's sample) > gold(base's sample)) on ``prompts``, head to head; ties count 1/2."""
+                  max_new_tokens: int = 24, temperature: float = 1.0, seed: int = 0) -> Estimate:
+    """P(gold(policy's sample) > gold(base's sample)) on ``prompts``, head to head, ties 1/2:
+    an ``Estimate`` with its 95% interval, bootstrapped over the prompts (``stats.win_rate``)."""
     batch = [p for p in prompts for _ in range(samples_per_prompt)]
     ours = generate(policy, tokenizer, batch, max_new_tokens, temperature, seed=seed).texts
     theirs = generate(base, tokenizer, batch, max_new_tokens, temperature, seed=seed + 1).texts
-    return head_to_head(gold_fn(batch, ours), gold_fn(batch, theirs))
+    return win_rate(gold_fn(batch, ours), gold_fn(batch, theirs), groups=batch, seed=seed)

@@ -93,6 +93,7 @@ class Truth:
     known_words: frozenset     # words that state a true fact about this prompt
     fact_words: frozenset      # every word that can state a fact in this task (for "wrong")
     sentence: str              # a correct full-sentence answer
+    fact: str = ""             # the fact asked, "family:subject": phrasings of it share it
 
 
 class Task:
@@ -163,7 +164,7 @@ class Trivia(Task):
     def _build(self, rng):
         self._wrong: dict[str, list[tuple[str, str]]] = {}
         fact_words = {w for fam in TRIVIA_FAMILIES.values() for _, a in fam["facts"] for w in _words(a)}
-        for family in TRIVIA_FAMILIES.values():
+        for family_name, family in TRIVIA_FAMILIES.items():
             for subject, answer in family["facts"]:
                 sentence = family["sentence"].format(s=subject, a=answer, S=subject[0].upper() + subject[1:])
                 others = [a for _, a in family["facts"]
@@ -171,7 +172,8 @@ class Trivia(Task):
                 for question in family["questions"]:
                     prompt = "Question: " + question.format(s=subject) + " Answer:"
                     self.truth[prompt] = Truth(frozenset(_words(subject)), frozenset(_words(answer)),
-                                               frozenset(_words(answer)), frozenset(fact_words), sentence)
+                                               frozenset(_words(answer)), frozenset(fact_words),
+                                               sentence, fact=f"{family_name}:{subject}")
                     self._wrong[prompt] = [(family["sentence"].format(s=subject, a=o, S=subject[0].upper()
                                                                       + subject[1:]), o) for o in others]
 
@@ -201,7 +203,8 @@ class Summaries(Task):
                 prompt = "Summarize: " + " ".join([key] + detail_sents) + " Summary:"
                 known = {event_word} | {w for s in detail_sents for w in _words(s)} & fact_words
                 self.truth[prompt] = Truth(frozenset({name.lower()}), frozenset({event_word}),
-                                           frozenset(known), frozenset(fact_words), key)
+                                           frozenset(known), frozenset(fact_words), key,
+                                           fact=f"{event_word}:{name}")
                 self._docs[prompt] = (key, detail_sents)
 
     def _key_phrase(self, prompt):
@@ -393,10 +396,31 @@ class World:
     def gold_many(self, prompts, texts, criteria="helpful") -> list[float]:
         return [self.gold(p, t, criteria) for p, t in zip(prompts, texts)]
 
+    def fact(self, prompt: str) -> str:
+        """The fact ``prompt`` asks, e.g. "capital:France": its phrasings share it."""
+        return self.task.truth[prompt].fact
+
     def split_prompts(self, heldout: float = 0.2) -> tuple[list[str], list[str]]:
-        """(train, heldout) prompts: a fixed split so lessons evaluate on prompts never trained on."""
-        n = int(len(self.prompts) * heldout)
-        return self.prompts[n:], self.prompts[:n]
+        """(train, heldout) prompts that ask *different facts*: every phrasing of a held-out fact
+        is held out, so no held-out prompt asks what a training prompt asks in other words.
+
+        About ``heldout`` of each family's facts (capitals, sounds, ...; at least one where a
+        family has two or more) are held out, the first in the world's shuffled prompt order, so
+        the split is fixed for a world and every lesson evaluates on the same unseen facts.
+        """
+        if not 0.0 <= heldout < 1.0:
+            raise ValueError(f"heldout is the share of facts held out, in [0, 1); got {heldout}")
+        families = {}                          # family -> its facts, in the shuffled prompt order
+        for prompt in self.prompts:
+            fact = self.fact(prompt)
+            families.setdefault(fact.split(":")[0], {})[fact] = None
+        held_facts = set()
+        for facts in families.values():
+            n = round(len(facts) * heldout)
+            n = max(n, 1) if heldout > 0 and len(facts) > 1 else n
+            held_facts |= set(list(facts)[:n])
+        train = [p for p in self.prompts if self.fact(p) not in held_facts]
+        return train, [p for p in self.prompts if self.fact(p) in held_facts]
 
 
 # ---------------------------------------------------------------------------------------------
