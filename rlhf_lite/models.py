@@ -56,9 +56,21 @@ def build_tokenizer(world) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the world's closed vocabulary (one token a word or mark)."""
     vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK] + sorted(world.task.vocabulary()))}
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    # Words split at spaces, then every punctuation mark its own token: so decoding (which joins
+    # "Paris ." into "Paris.") and encoding again gives back the same ids for anything the model
+    # writes, ", ," included (a plain Whitespace pre-tokenizer would read ",," as one <unk>).
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                  pre_tokenizers.Punctuation("isolated")])
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS,
                                    unk_token=UNK, clean_up_tokenization_spaces=True)
+
+
+def not_text_ids(tokenizer) -> tuple[int, ...]:
+    """Token ids that are not text a model may write: <pad> and <unk> (unless one is <eos>,
+    as for tokenizers whose pad is their eos). ``generate`` never samples them, and
+    ``completion_logprobs`` scores under the same renormalised distribution."""
+    ids = {tokenizer.pad_token_id, getattr(tokenizer, "unk_token_id", None)}
+    return tuple(sorted(i for i in ids if i is not None and i != tokenizer.eos_token_id))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +189,9 @@ class Completions:
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
     ended: torch.Tensor            # (B,) bool: the completion closed with <eos>
+    not_text: tuple = ()           # token ids never sampled (``not_text_ids``)
+    top_k: int | None = None       # sampled from the top_k tokens only (None: all)
+    logprobs: torch.Tensor | None = None   # (B, C) log pi(y_t) as sampled (``generate`` only)
 
     @property
     def input_ids(self):
@@ -205,12 +220,28 @@ def encode_prompts(tokenizer, prompts, device) -> tuple[torch.Tensor, torch.Tens
     return input_ids, mask
 
 
+def next_token_logits(logits: torch.Tensor, temperature: float = 1.0, not_text=(),
+                      top_k: int | None = None) -> torch.Tensor:
+    """The logits a token is sampled from: logits / temperature, with the ids in ``not_text``
+    and (with ``top_k``) all but the k likeliest set to -inf. Shared by ``generate`` and
+    ``completion_logprobs``, so a sample is always scored under the distribution it came from."""
+    logits = logits.float() / max(temperature, 1e-6)
+    if not_text:
+        logits[..., list(not_text)] = float("-inf")
+    if top_k is not None:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return logits
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts, max_new_tokens: int = 24, temperature: float = 1.0,
              top_k: int | None = None, seed: int | None = None) -> Completions:
     """Sample one completion per prompt: y_t ~ softmax(logits_t / temperature), with a KV cache.
 
     Stops a row at <eos>; rows that never emit it are cut at ``max_new_tokens`` (``ended`` False).
+    Never samples <pad> or <unk> (``not_text_ids``). ``top_k`` keeps only the k likeliest tokens
+    at each step; the batch remembers it, so ``completion_logprobs`` scores the same distribution.
     """
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
@@ -218,19 +249,18 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 24, temperature: f
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     batch = len(prompts)
     mask, tokens, past = prompt_mask, prompt_ids, None
+    not_text = not_text_ids(tokenizer)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    out = []
+    out, out_logp = [], []
     for _ in range(max_new_tokens):
         pos = position_ids(mask)[:, -tokens.shape[1]:]
         result = model(input_ids=tokens, attention_mask=mask, position_ids=pos,
                        past_key_values=past, use_cache=True)
         past = result.past_key_values
-        logits = result.logits[:, -1].float() / max(temperature, 1e-6)
-        if top_k is not None:
-            kth = logits.topk(top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        token = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+        logp_all = next_token_logits(result.logits[:, -1], temperature, not_text, top_k).log_softmax(-1)
+        token = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
         token = torch.where(done, torch.full_like(token, pad), token)
+        out_logp.append(logp_all.gather(1, token[:, None]).squeeze(1).masked_fill(done, 0.0))
         out.append(token)
         done |= token == eos
         tokens = token[:, None]
@@ -243,7 +273,8 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 24, temperature: f
     completion_mask = (~after_eos).long()
     texts = tokenizer.batch_decode(completion_ids.masked_fill(after_eos, pad), skip_special_tokens=True)
     return Completions(list(prompts), [t.strip() for t in texts], prompt_ids, prompt_mask,
-                       completion_ids, completion_mask, is_eos.any(1))
+                       completion_ids, completion_mask, is_eos.any(1), not_text, top_k,
+                       torch.stack(out_logp, 1) * completion_mask)
 
 
 def encode_completions(tokenizer, prompts, completions, device) -> Completions:
@@ -257,7 +288,7 @@ def encode_completions(tokenizer, prompts, completions, device) -> Completions:
     completion_mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
     ended = torch.ones(len(ids), dtype=torch.bool, device=device)
     return Completions(list(prompts), list(completions), prompt_ids, prompt_mask,
-                       completion_ids, completion_mask, ended)
+                       completion_ids, completion_mask, ended, not_text_ids(tokenizer))
 
 
 def completion_logprobs(model, batch: Completions, temperature: float = 1.0,
@@ -265,16 +296,20 @@ def completion_logprobs(model, batch: Completions, temperature: float = 1.0,
     """log pi(y_t | x, y_<t) for every completion token, at the sampling temperature: (B, C).
 
     Scoring at the temperature we sampled with keeps these log-probs consistent with the
-    samples (Huang et al. 2024, detail "temperature"). Padding positions hold 0.
+    samples (Huang et al. 2024, detail "temperature"), and under the batch's ``top_k`` and
+    ``not_text`` filter (``next_token_logits``). Padding positions hold 0.
     With ``return_entropy``, also the entropy of each next-token distribution, (B, C).
     """
     input_ids, mask = batch.input_ids, batch.attention_mask
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask)).logits
     prompt_len = batch.prompt_ids.shape[1]
-    logits = logits[:, prompt_len - 1:-1].float() / temperature  # the logits that predict y_t
+    logits = next_token_logits(logits[:, prompt_len - 1:-1], temperature, batch.not_text,
+                               batch.top_k)                        # the logits that predict y_t
     logp_all = F.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1) * batch.completion_mask
+    real = batch.completion_mask.bool()
+    logp = logp_all.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1).masked_fill(~real, 0.0)
     if not return_entropy:
         return logp
-    entropy = -(logp_all.exp() * logp_all).sum(-1) * batch.completion_mask
+    probs = logp_all.exp()
+    entropy = -torch.xlogy(probs, probs).sum(-1) * batch.completion_mask   # 0 log 0 = 0
     return logp, entropy

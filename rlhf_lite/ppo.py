@@ -326,7 +326,8 @@ def take(batch: Completions, idx: torch.Tensor) -> Completions:
     rows = idx.tolist()
     return Completions([batch.prompts[i] for i in rows], [batch.texts[i] for i in rows],
                        batch.prompt_ids[idx], batch.prompt_mask[idx], batch.completion_ids[idx],
-                       batch.completion_mask[idx], batch.ended[idx])
+                       batch.completion_mask[idx], batch.ended[idx], batch.not_text, batch.top_k,
+                       None if batch.logprobs is None else batch.logprobs[idx])
 
 
 @dataclasses.dataclass
