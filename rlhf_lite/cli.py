@@ -1,4 +1,6 @@
-"""The command line: ``rlhf-lite pipeline --out DIR`` (or ``python -m rlhf_lite pipeline``)."""
+"""The command line: ``rlhf-lite pipeline --out DIR`` (or ``python -m rlhf_lite pipeline``).
+
+Under ``torchrun`` or ``accelerate launch`` it runs data-parallel (``parallel``)."""
 from __future__ import annotations
 
 import argparse
@@ -30,7 +32,17 @@ def device_name(text: str) -> str:
     return text
 
 
+def model_dir(text: str) -> str:
+    """A folder holding a Hugging Face model (its config.json)."""
+    from .models import check_model_dir
+    try:
+        return check_model_dir(text)
+    except FileNotFoundError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .models import PRESETS
     from .ppo import PPOConfig
     parser = argparse.ArgumentParser(prog="rlhf-lite", description="RLHF on a laptop: the course's command line.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -51,7 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--ppo-steps", type=positive_int, default=PPOConfig.steps,
                           help=f"PPO iterations of {PPOConfig.batch_size} episodes (default {PPOConfig.steps})")
     pipeline.add_argument("--pretrain-steps", type=positive_int, default=None,
-                          help="pretraining steps of the base model (default: the course's)")
+                          help="pretraining steps of the base model (default: the preset's)")
+    pipeline.add_argument("--preset", choices=list(PRESETS), default=None,
+                          help="base model size and training settings: tiny (default; a CPU), "
+                               "small (a CPU, longer), gpu (~25M parameters, a GPU)")
+    pipeline.add_argument("--model", type=model_dir, default=None, metavar="DIR",
+                          help="your own base model: a local Hugging Face causal LM folder with "
+                               "its tokenizer (not pretrained; training settings from --preset, "
+                               "default the preset nearest its width)")
     pipeline.add_argument("--threads", type=positive_int, default=None,
                           help="CPU threads for torch (default: torch's choice, one per core); "
                                "1 is faster on a machine other jobs keep busy")
@@ -62,17 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "pipeline":
+        from . import parallel
+        from .models import UnusableModel
         from .pipeline import run_pipeline
+        if args.model and args.pretrain_steps:
+            parser.error("--pretrain-steps has no effect with --model: your model is not pretrained")
         if args.threads:
             import torch
             torch.set_num_threads(args.threads)
-        metrics = run_pipeline(args.out, task=args.task, criteria=args.criteria, seed=args.seed, device=args.device,
-                               pairs=args.pairs, ppo_steps=args.ppo_steps, cache_dir=args.cache_dir,
-                               pretrain_steps=args.pretrain_steps)
-        print(json.dumps(metrics, indent=2))
-        print(f"wrote {args.out}/metrics.json and the plots", file=sys.stderr)
+        try:
+            metrics = run_pipeline(args.out, task=args.task, criteria=args.criteria, seed=args.seed,
+                                   device=args.device, pairs=args.pairs, ppo_steps=args.ppo_steps,
+                                   cache_dir=args.cache_dir, pretrain_steps=args.pretrain_steps,
+                                   preset=args.preset, model_dir=args.model)
+        except UnusableModel as e:
+            parser.error(f"argument --model: {e}")
+        parallel.finish()
+        if metrics is not None:          # process 0 of a data-parallel run, or the only one
+            print(json.dumps(metrics, indent=2))
+            print(f"wrote {args.out}/metrics.json and the plots", file=sys.stderr)
     return 0
 
 

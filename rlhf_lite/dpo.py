@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .models import completion_logprobs, encode_completions, pick_device, seed_everything
+from .models import autocast, completion_logprobs, encode_completions, pick_device, seed_everything
 
 
 def sequence_logprobs(model, tokenizer, prompts, completions, temperature: float = 1.0) -> torch.Tensor:
@@ -128,7 +128,7 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
     policy = copy.deepcopy(reference).train()
     prompts = [c.prompt for c in data]
     chosen, rejected = [c.chosen for c in data], [c.rejected for c in data]
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device):
         ref_chosen = torch.cat([sequence_logprobs(reference, tokenizer, prompts[i:i + 256], chosen[i:i + 256])
                                 for i in range(0, len(data), 256)])
         ref_rejected = torch.cat([sequence_logprobs(reference, tokenizer, prompts[i:i + 256], rejected[i:i + 256])
@@ -144,8 +144,9 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
             for start in range(0, len(order), config.batch_size):
                 idx = order[start:start + config.batch_size]
                 # -- the loss on one batch of pairs: chosen and rejected in one forward pass --
-                logps = sequence_logprobs(policy, tokenizer, [prompts[i] for i in idx] * 2,
-                                          [chosen[i] for i in idx] + [rejected[i] for i in idx])
+                with autocast(device):
+                    logps = sequence_logprobs(policy, tokenizer, [prompts[i] for i in idx] * 2,
+                                              [chosen[i] for i in idx] + [rejected[i] for i in idx])
                 loss, r_chosen, r_rejected = dpo_loss(logps[:len(idx)], logps[len(idx):],
                                                       ref_chosen[idx], ref_rejected[idx], config.beta)
                 optimizer.zero_grad(set_to_none=True)
@@ -208,7 +209,8 @@ def train_sft(base_model, tokenizer, comparisons, config: SFTConfig | None = Non
             for start in range(0, len(order), config.batch_size):
                 rows = [data[i] for i in order[start:start + config.batch_size]]
                 batch = encode_completions(tokenizer, [c.prompt for c in rows], [c.chosen for c in rows], device)
-                loss = sft_loss(completion_logprobs(policy, batch), batch.completion_mask)
+                with autocast(device):
+                    loss = sft_loss(completion_logprobs(policy, batch), batch.completion_mask)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)

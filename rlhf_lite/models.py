@@ -11,8 +11,10 @@ Position ids count real tokens only, so left padding changes nothing for the mod
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
@@ -24,23 +26,91 @@ from tqdm.auto import tqdm
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel,
                           PreTrainedTokenizerFast)
 
+from . import parallel
+
+log = logging.getLogger(__name__)
+
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 
-MODEL_PRESETS = {
-    "tiny": dict(n_embd=128, n_layer=2, n_head=4),    # ~0.5M parameters: the CPU default
-    "small": dict(n_embd=256, n_layer=4, n_head=4),   # ~3M: a few minutes on a CPU
-    "gpu": dict(n_embd=512, n_layer=8, n_head=8),     # ~25M: for a GPU
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A size of the base model and the training settings that make it learn: one row of
+    ``PRESETS``, the one place they live. Every learning rate falls with the width d = n_embd
+    (Adam moves each weight by about lr, and a wider layer sums more of them): pretraining's
+    are measured (1e-2 does not train the gpu model at all), about 1e-2 (128 / d)^(5/3);
+    the fine-tuning ones (reward model, PPO) are tiny's scaled by 128 / d."""
+    n_embd: int
+    n_layer: int
+    n_head: int
+    pretrain_lr: float
+    """Peak AdamW learning rate of pretraining (``pretrain``)."""
+    pretrain_steps: int
+    """Pretraining steps: enough for the loss to reach the corpus's floor (~0.35)."""
+    pretrain_batch_size: int = 64
+    """Corpus lines a pretraining step."""
+    warmup: float = 0.05
+    """Share of the pretraining steps that warm the learning rate up (then a cosine decay)."""
+    reward_model_lr: float = 2e-3
+    """AdamW learning rate of ``train_reward_model``."""
+    ppo_lr: float = 5e-4
+    """Adam learning rate of PPO (``PPOConfig.learning_rate``)."""
+
+    @property
+    def sizes(self) -> dict:
+        return dict(n_embd=self.n_embd, n_layer=self.n_layer, n_head=self.n_head)
+
+
+PRESETS = {
+    # ~0.5M parameters: the CPU default
+    "tiny": Preset(128, 2, 4, pretrain_lr=1e-2, pretrain_steps=800),
+    # ~3M: minutes on a CPU
+    "small": Preset(256, 4, 4, pretrain_lr=3e-3, pretrain_steps=2000, reward_model_lr=1e-3,
+                    ppo_lr=2.5e-4),
+    # ~25M: for a GPU
+    "gpu": Preset(512, 8, 8, pretrain_lr=1e-3, pretrain_steps=2000, reward_model_lr=5e-4,
+                  ppo_lr=1.25e-4),
 }
-"""Sizes of the base model. All are GPT-2 with 128 positions."""
+"""The base model's presets: GPT-2s with 128 positions, and how to train each (``Preset``).
+Pretraining learning rates measured on an H100 (2,000 steps, mean loss of the last 50):
+gpu 1e-2 -> 1.05, 3e-3 -> 0.370, 1e-3 -> 0.350; small 3e-3 -> 0.357 (1,500 steps)."""
+
+MODEL_PRESETS = {name: preset.sizes for name, preset in PRESETS.items()}
+"""Sizes of the base model, from ``PRESETS``."""
+
+
+def preset_for(model) -> str:
+    """The name of the preset nearest in width to ``model`` (a causal LM of your own): whose
+    training settings to use for it."""
+    width = model.config.hidden_size
+    return min(PRESETS, key=lambda name: abs(math.log(PRESETS[name].n_embd / width)))
+
+
+class UnusableModel(ValueError):
+    """A model or tokenizer the course cannot run with; the message says why and how to fix it."""
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA when present, else the CPU."""
+    """``device`` if given, else CUDA when present, else the CPU. In a data-parallel run
+    (``parallel``) "cuda" means this process's own GPU, cuda:LOCAL_RANK."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU; use 'cpu'")
+    if device == "cuda" and parallel.processes() > 1:
+        device = parallel.local_gpu()
     return torch.device(device)
+
+
+def autocast(device):
+    """Mixed precision where it pays: bf16 autocast on a CUDA GPU that has bf16 (Ampere and
+    newer), nothing at all elsewhere (the CPU runs in fp32). Wrap forward passes only: matmuls
+    run in bf16 while the weights and the optimiser stay fp32, and log-probs
+    (``next_token_logits``), rewards, values, the KL and every loss are cast back to fp32."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -78,7 +148,7 @@ def not_text_ids(tokenizer) -> tuple[int, ...]:
 # ---------------------------------------------------------------------------------------------
 
 def make_base_model(tokenizer, preset: str = "tiny", seed: int = 0) -> GPT2LMHeadModel:
-    """A freshly initialised GPT-2 of the given size (see ``MODEL_PRESETS``)."""
+    """A freshly initialised GPT-2 of the given size (see ``PRESETS``)."""
     if preset not in MODEL_PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; valid presets: {', '.join(MODEL_PRESETS)}")
     torch.manual_seed(seed)
@@ -102,17 +172,19 @@ def encode_corpus(tokenizer, rows) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pretrain(model, tokenizer, world, steps: int = 800, batch_size: int = 64, lr: float = 1e-2,
-             corpus_size: int = 20_000, seed: int = 0, device: str | None = None) -> list[float]:
+             corpus_size: int = 20_000, seed: int = 0, device: str | None = None,
+             warmup: float = 0.05) -> list[float]:
     """Next-token pretraining on the world's internet: minimise -sum_t log p(w_t | w_<t).
 
-    Returns the loss of every step. AdamW with a linear warm-up and a cosine decay.
+    Returns the loss of every step. AdamW with a linear warm-up over the first ``warmup`` share
+    of the steps and a cosine decay. The defaults are the tiny preset's (``PRESETS``).
     """
     device = pick_device(device)
     seed_everything(seed)
     input_ids, labels = encode_corpus(tokenizer, world.corpus(corpus_size, seed=seed))
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
+    warmup = max(1, int(steps * warmup))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
                                                  * 0.5 * (1 + math.cos(math.pi * s / steps)))
     generator = torch.Generator().manual_seed(seed)
@@ -121,7 +193,8 @@ def pretrain(model, tokenizer, world, steps: int = 800, batch_size: int = 64, lr
         idx = torch.randint(len(input_ids), (batch_size,), generator=generator)
         width = int(((labels[idx] != -100).cumsum(1).argmax(1)).max()) + 1  # drop all-pad columns
         x, y = input_ids[idx, :width].to(device), labels[idx, :width].to(device)
-        loss = model(input_ids=x, labels=y).loss
+        with autocast(device):
+            loss = model(input_ids=x, labels=y).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -140,27 +213,70 @@ def save_model(model, tokenizer, path) -> None:
     tokenizer.save_pretrained(path)
 
 
-def load_model(path, device: str | None = None):
-    """(model, tokenizer) from a local Hugging Face causal-LM directory: ours or your own.
-
-    Never downloads: a path that is not a directory with a config is an error.
-    """
+def check_model_dir(path) -> str:
+    """``path`` as a string if it is a folder with a ``config.json``; FileNotFoundError if not."""
     path = os.fspath(path)
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"{path!r} is not a model directory (no config.json in it); "
                                 "give the folder that save_pretrained wrote")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return path
+
+
+def load_model(path, device: str | None = None):
+    """(model, tokenizer) from a local Hugging Face causal-LM directory: ours or your own.
+
+    Never downloads: a path that is not a directory with a config is an error. A tokenizer
+    without a pad token pads with its <eos> (said in a warning): padding is masked everywhere,
+    and rewards are read at the last real token. ``UnusableModel`` says what else is wrong.
+    """
+    path = check_model_dir(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise UnusableModel(f"no tokenizer could be loaded from {path!r} ({e}); save the model's "
+                            f"tokenizer there with tokenizer.save_pretrained({path!r})") from None
+    if tokenizer.eos_token is None:
+        raise UnusableModel(f"the tokenizer in {path!r} has no eos token, so no answer could end; "
+                            "set one (tokenizer.eos_token = ...) and save it again")
     if tokenizer.pad_token is None:  # many causal LMs ship without one; reuse <eos>
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        log.warning("the tokenizer in %r has no pad token: padding with its eos token %r "
+                    "(id %d) instead", path, tokenizer.eos_token, tokenizer.eos_token_id)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise UnusableModel(f"{path!r} holds no causal language model transformers can load "
+                            f"({e}); give a folder that AutoModelForCausalLM.save_pretrained "
+                            "wrote, weights included") from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise UnusableModel(f"the tokenizer in {path!r} has {len(tokenizer)} tokens but the model "
+                            f"only {model.get_input_embeddings().num_embeddings} embeddings; "
+                            "model.resize_token_embeddings(len(tokenizer)) and save it again")
     return model.to(pick_device(device)).eval(), tokenizer
 
 
-def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int = 800,
+def check_context(model, tokenizer, prompts, max_new_tokens: int, name: str = "the model"):
+    """UnusableModel if the longest of ``prompts`` and an answer of ``max_new_tokens`` do not
+    fit in the model's context (``config.max_position_embeddings``; no limit if it has none)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = max(len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts)
+    if limit is not None and longest + max_new_tokens > limit:
+        raise UnusableModel(
+            f"{name} reads at most {limit} tokens (config.max_position_embeddings), but the "
+            f"longest prompt is {longest} tokens and an answer up to {max_new_tokens} more: "
+            f"{longest + max_new_tokens} in all; use a model with a longer context")
+
+
+def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int | None = None,
                    seed: int = 0, device: str | None = None):
     """The base model for ``world``, shared by all lessons: loaded from
     ``runs_dir/base-<task>-<preset>-<steps>-seed<seed>`` if a lesson already made it, else
-    pretrained and saved there. Returns (model, tokenizer, path, loss history or None if loaded)."""
+    pretrained with the preset's settings (``PRESETS``; ``steps`` overrides its steps) and saved
+    there. Returns (model, tokenizer, path, loss history or None if loaded)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    settings = PRESETS[preset]
+    steps = settings.pretrain_steps if steps is None else steps
     path = os.path.join(runs_dir, f"base-{world.task.name}-{preset}-{steps}-seed{seed}")
     if os.path.isfile(os.path.join(path, "loss_history.json")):
         model, tokenizer = load_model(path, device)
@@ -168,7 +284,8 @@ def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int = 80
             return model, tokenizer, path, json.load(f)
     tokenizer = build_tokenizer(world)
     model = make_base_model(tokenizer, preset, seed)
-    history = pretrain(model, tokenizer, world, steps=steps, seed=seed, device=device)
+    history = pretrain(model, tokenizer, world, steps=steps, batch_size=settings.pretrain_batch_size,
+                       lr=settings.pretrain_lr, seed=seed, device=device, warmup=settings.warmup)
     save_model(model, tokenizer, path)
     with open(os.path.join(path, "loss_history.json"), "w") as f:  # written last: marks it complete
         json.dump(history, f)

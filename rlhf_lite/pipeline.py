@@ -10,14 +10,18 @@ trained models (``reward_model/``, ``policy/``).
 
 metrics.json::
 
-    seconds, stage_seconds: {pretrain, pairs, reward_model, ppo}, device, seed,
+    seconds, stage_seconds: {pretrain, pairs, reward_model, ppo}, device, seed, processes,
     reward_model: {n_train_pairs, heldout_accuracy, gold_agreement, noise_ceiling_accuracy},
     ppo: {episodes, initial_reward, final_reward, initial_gold, final_gold, final_kl,
-          gold_win_rate_vs_base}
+          gold_win_rate_vs_base, gold_win_rate_vs_base_ci95}
 
 ``initial_*`` are the first PPO batch's means (the base model), ``final_*`` the last batch's;
 rewards are the reward model's normalised scores, gold the judge's utility under ``criteria``,
-KL in nats per completion.
+KL in nats per completion. ``processes``: how many processes shared the work (``parallel``).
+
+The base model is a preset's (``models.PRESETS``: tiny, small, gpu), pretrained with its
+settings, or a Hugging Face causal LM of your own (``model_dir``, not pretrained); the reward
+model and PPO take their learning rates from the preset.
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ import time
 
 import matplotlib.pyplot as plt
 
-from .models import get_base_model, pick_device, save_model
+from . import parallel
+from .models import (PRESETS, check_context, get_base_model, load_model, pick_device, preset_for,
+                     save_model)
 from .plots import LivePlot, plot_curves
 from .ppo import PLOT_METRICS, PPOConfig, PPOTrainer, gold_win_rate
 from .preferences import make_preference_dataset, write_trl_jsonl
@@ -38,18 +44,26 @@ from .world import SimulatedLabeler, World, get_criteria
 def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int = 0,
                  device: str | None = None, pairs: int = 1000, ppo_steps: int = PPOConfig.steps,
                  cache_dir=None, pretrain_steps: int | None = None, heldout_samples: int = 8,
-                 progress: bool = True) -> dict:
-    """Run every stage and write ``out`` (see the module docstring); returns the metrics.
+                 progress: bool = True, preset: str | None = None, model_dir=None) -> dict | None:
+    """Run every stage and write ``out`` (see the module docstring); returns the metrics (in a
+    data-parallel run: process 0 does; the others return None).
 
     cache_dir: where the base model is cached (default ``out/runs``); give a shared folder
         (e.g. ``notebooks/runs``) to skip pretraining when that model is there already.
     pretrain_steps: pretraining steps (default: ``get_base_model``'s).
     heldout_samples: samples per held-out prompt in the win-rate comparison.
+    preset: the base model's size and training settings (default tiny); with ``model_dir``,
+        only the settings (default: the preset nearest the model's width, ``preset_for``).
+    model_dir: a local Hugging Face causal LM directory with its tokenizer, used as the base
+        model instead of pretraining one (``load_model``; errors say what is missing).
     """
     start = time.perf_counter()
-    os.makedirs(out, exist_ok=True)
+    main = parallel.is_main_process()        # the process that writes (the only one, usually)
+    if main:
+        os.makedirs(out, exist_ok=True)
     world, crit = World(task, seed), get_criteria(criteria)
     device = str(pick_device(device))
+    parallel.start(device)
     stage_seconds = {}
 
     def stage(name, begun):
@@ -57,35 +71,48 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
 
     # --- 1. the base model
     begun = time.perf_counter()
-    kwargs = {} if pretrain_steps is None else {"steps": pretrain_steps}
-    model, tokenizer, _, losses = get_base_model(world, runs_dir=cache_dir or os.path.join(out, "runs"),
-                                                 seed=seed, device=device, **kwargs)
+    with parallel.main_process_first():     # process 0 pretrains and caches, the others load
+        if model_dir is None:
+            model, tokenizer, _, losses = get_base_model(
+                world, runs_dir=cache_dir or os.path.join(out, "runs"), preset=preset or "tiny",
+                steps=pretrain_steps, seed=seed, device=device)
+        else:
+            (model, tokenizer), losses = load_model(model_dir, device), None
+    check_context(model, tokenizer, world.prompts, world.max_new_tokens, model_dir or "the base model")
+    settings = PRESETS[preset or preset_for(model)]
     stage("pretrain", begun)
 
     # --- 2. preference pairs, labelled by a simulated labeler
     begun = time.perf_counter()
     labeler = SimulatedLabeler(world, crit, seed=seed)
-    comparisons = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=pairs, seed=seed)
-    write_trl_jsonl(comparisons, os.path.join(out, "comparisons.jsonl"))
+    comparisons = parallel.from_main(make_preference_dataset(
+        world, model, tokenizer, labeler, n_pairs=pairs, seed=seed) if main else None)
+    if main:
+        write_trl_jsonl(comparisons, os.path.join(out, "comparisons.jsonl"))
     stage("pairs", begun)
 
     # --- 3. the reward model
     begun = time.perf_counter()
     reward_model, rm_history = train_reward_model(model, tokenizer, comparisons, max_new_tokens=world.max_new_tokens,
-                                                  seed=seed, device=device)
+                                                  lr=settings.reward_model_lr, seed=seed, device=device)
     _, heldout_pairs = split_comparisons(comparisons, seed=seed)   # the split train_reward_model used
-    rm_eval = evaluate(reward_model, heldout_pairs, world, labeler) if heldout_pairs else {}
-    reward_model.save(os.path.join(out, "reward_model"))
+    rm_eval = evaluate(reward_model, heldout_pairs, world, labeler) if heldout_pairs and main else {}
+    if main:
+        reward_model.save(os.path.join(out, "reward_model"))
     stage("reward_model", begun)
 
     # --- 4. PPO against the reward model; the gold judge only watches
     begun = time.perf_counter()
     train_prompts, heldout_prompts = world.split_prompts()
     gold_fn = lambda prompts, texts: world.gold_many(prompts, texts, crit)  # noqa: E731
-    config = PPOConfig(steps=ppo_steps, max_new_tokens=world.max_new_tokens, seed=seed)
+    config = PPOConfig(steps=ppo_steps, max_new_tokens=world.max_new_tokens,
+                       learning_rate=settings.ppo_lr, seed=seed)
     trainer = PPOTrainer(model, tokenizer, reward_model, train_prompts, config, gold_fn=gold_fn)
-    plot = LivePlot(PLOT_METRICS, title=f"PPO on {task}, {crit.name} labelers", xlabel="episodes")
-    history = trainer.train(plot=plot, progress=progress)
+    plot = LivePlot(PLOT_METRICS, title=f"PPO on {task}, {crit.name} labelers",
+                    xlabel="episodes") if main else None
+    history = trainer.train(plot=plot, progress=progress and main)
+    if not main:                 # the policy is the same in every process: process 0 reports it
+        return None
     win_rate = gold_win_rate(trainer.policy, model, tokenizer, heldout_prompts, gold_fn, heldout_samples,
                              world.max_new_tokens, config.temperature, seed=seed)
     save_model(trainer.policy, tokenizer, os.path.join(out, "policy"))
@@ -98,6 +125,7 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
         "stage_seconds": stage_seconds,
         "device": device,
         "seed": seed,
+        "processes": parallel.processes(),
         "reward_model": {
             "n_train_pairs": rm_history["n_train"],
             "heldout_accuracy": rm_eval.get("accuracy"),
@@ -109,7 +137,8 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
             "initial_reward": first["reward"], "final_reward": last["reward"],
             "initial_gold": first["gold"], "final_gold": last["gold"],
             "final_kl": last["kl"],
-            "gold_win_rate_vs_base": win_rate,
+            "gold_win_rate_vs_base": float(win_rate),
+            "gold_win_rate_vs_base_ci95": win_rate.ci95,
         },
     }
     with open(os.path.join(out, "metrics.json"), "w") as f:

@@ -43,7 +43,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models import Completions, completion_logprobs, generate, position_ids
+from . import parallel
+from .models import Completions, autocast, completion_logprobs, generate, position_ids
 from .stats import Estimate, win_rate
 
 
@@ -139,13 +140,17 @@ def _mean(values) -> float:
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    """sum_t m_t x_t / sum_t m_t: the mean over the real tokens. In a data-parallel run, this
+    process's part of the mean over every process's tokens (``parallel.per_process``):
+    ``parallel.average`` of it is that mean, and DDP's average of its gradients the gradient."""
+    return (x * mask).sum() / parallel.per_process(mask.sum())
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the real tokens; with shift_mean False the mean is added back."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    """(x - mean) / std over the real tokens (of every process); with shift_mean False the mean
+    is added back."""
+    mean = parallel.average(masked_mean(x, mask))
+    var = parallel.average(masked_mean((x - mean) ** 2, mask))
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     return (out if shift_mean else out + mean) * mask
 
@@ -249,9 +254,10 @@ def value_loss(values, values_old, returns, mask, clip_range_value: float | None
 
 def explained_variance(values, returns, mask) -> float:
     """1 - Var(R - V) / Var(R): 1 = perfect value model, 0 = no better than a constant."""
-    var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    mean = lambda x: parallel.average(masked_mean(x, mask))  # noqa: E731  (of every process)
+    var_returns = mean((returns - mean(returns)) ** 2)
     residual = returns - values
-    var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    var_residual = mean((residual - mean(residual)) ** 2)
     return float(1 - var_residual / var_returns.clamp(min=1e-8))
 
 
@@ -370,6 +376,10 @@ class PPOTrainer:
             raise TypeError("reward must be a RewardModel or a function (prompts, completions) -> floats")
         self.tokenizer, self.reward, self.gold_fn, self.prompts = tokenizer, reward, gold_fn, list(prompts)
         self.device = next(policy.parameters()).device
+        if config.batch_size % parallel.processes() or config.minibatch_size % parallel.processes():
+            raise ValueError(f"PPOConfig.batch_size ({config.batch_size}) and minibatch_size "
+                             f"({config.minibatch_size}) must split evenly over the "
+                             f"{parallel.processes()} processes of this run")
         # --- set up: policy, frozen reference, value model (InstructGPT; Huang et al. 2024)
         self.policy = copy.deepcopy(policy)
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -379,6 +389,9 @@ class PPOTrainer:
             self.value_model = ValueModel.from_policy(policy)
         for model in (self.policy, self.value_model):
             model.train(not config.disable_dropout)   # eval mode = dropout off (Huang et al. 2024)
+        # what the update trains through: DDP wrappers in a data-parallel run (``parallel``)
+        self.policy_forward = parallel.data_parallel(self.policy)
+        self.value_forward = parallel.data_parallel(self.value_model)
         self.optimizer = torch.optim.Adam(list(self.policy.parameters()) + list(self.value_model.parameters()),
                                           lr=config.learning_rate, eps=1e-5)  # eps 1e-5: CleanRL, Huang et al.
         self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
@@ -394,13 +407,16 @@ class PPOTrainer:
 
     def sample(self, prompts, seed=None) -> Completions:
         cfg = self.config
-        return generate(self.policy, self.tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=seed)
+        with autocast(self.device):
+            return generate(self.policy, self.tokenizer, prompts, cfg.max_new_tokens, cfg.temperature,
+                            seed=seed)
 
     @torch.no_grad()
     def raw_score(self, batch: Completions) -> torch.Tensor:
         """The reward model's (or reward function's) score of each episode, (B,)."""
         if is_reward_model(self.reward):
-            return self.reward.score_completions(batch).float().to(self.device)
+            with autocast(self.device):
+                return self.reward.score_completions(batch).float().to(self.device)
         return torch.as_tensor(list(self.reward(batch.prompts, batch.texts)), dtype=torch.float,
                                device=self.device)
 
@@ -413,7 +429,13 @@ class PPOTrainer:
 
     def logprobs(self, model, batch, return_entropy=False):
         temperature = self.config.temperature if self.config.logprobs_at_sampling_temperature else 1.0
-        return completion_logprobs(model, batch, temperature, return_entropy)
+        with autocast(self.device):
+            return completion_logprobs(model, batch, temperature, return_entropy)
+
+    def values(self, model, batch):
+        """V_t from ``model`` (the value model or its DDP wrapper), in fp32."""
+        with autocast(self.device):
+            return model(batch)
 
     @torch.no_grad()
     def rollout(self, prompts, seed=None, timings=None) -> Rollout:
@@ -430,7 +452,7 @@ class PPOTrainer:
             scores = scores - cfg.missing_eos_penalty * (~batch.ended).float()
         logp, entropy = self.logprobs(self.policy, batch, return_entropy=True)   # once per batch
         logp_ref = self.logprobs(self.reference, batch)
-        values = self.value_model(batch)
+        values = self.values(self.value_model, batch)
         timings["scoring"] = time.perf_counter() - start
         kl = kl_penalty(logp, logp_ref, "k1") * mask            # logged; the reward's penalty
         kl_coef = self.kl_controller.value if cfg.kl_in == "reward" else 0.0
@@ -452,13 +474,13 @@ class PPOTrainer:
         stats = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": []}
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(ro.batch.texts), generator=self.generator).to(self.device)
-            for idx in order.split(cfg.minibatch_size):
+            for idx in order.split(cfg.minibatch_size // parallel.processes()):
                 minibatch = take(ro.batch, idx)
-                logp = self.logprobs(self.policy, minibatch)       # one forward of the policy
+                logp = self.logprobs(self.policy_forward, minibatch)   # one forward of the policy
                 pg_loss, clipfrac, approx_kl = policy_loss(logp, ro.logp[idx], ro.advantages[idx],
                                                            mask[idx], cfg.clip_range)
-                vf_loss = value_loss(self.value_model(minibatch), ro.values[idx], ro.returns[idx],
-                                     mask[idx], cfg.clip_range_value)
+                vf_loss = value_loss(self.values(self.value_forward, minibatch), ro.values[idx],
+                                     ro.returns[idx], mask[idx], cfg.clip_range_value)
                 loss = pg_loss + cfg.value_coef * vf_loss
                 if cfg.kl_in == "loss":                            # GRPO's KL term, see kl_loss
                     loss = loss + self.kl_controller.value * kl_loss(
@@ -478,8 +500,10 @@ class PPOTrainer:
         """One PPO iteration: collect a batch, update, and return its log entry."""
         cfg = self.config
         prompts = [self.rng.choice(self.prompts) for _ in range(cfg.batch_size)]
+        prompts = parallel.share(prompts)       # data-parallel: each process samples its share
         timings = {}
-        ro = self.rollout(prompts, seed=cfg.seed * 100_003 + self.iteration, timings=timings)
+        seed = cfg.seed * 100_003 + self.iteration + 7_919 * parallel.rank()
+        ro = self.rollout(prompts, seed=seed, timings=timings)
         start = time.perf_counter()
         update_stats = self.update(ro)
         timings["update"] = time.perf_counter() - start
@@ -501,7 +525,8 @@ class PPOTrainer:
             "samples": [(p, t, s) for p, t, s in zip(ro.batch.prompts, ro.batch.texts,
                                                      ro.raw_scores.tolist())][:cfg.log_samples],
         }
-        self.kl_controller.update(kl, cfg.batch_size)
+        entry = parallel.average_numbers(entry, self.device)    # over every process's share
+        self.kl_controller.update(entry["kl"], cfg.batch_size)
         self.iteration += 1
         self.history.append(entry)
         return entry

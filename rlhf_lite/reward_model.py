@@ -39,7 +39,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from .models import Completions, encode_completions, generate, pick_device, position_ids, seed_everything
+from . import parallel
+from .models import (Completions, autocast, encode_completions, generate, pick_device, position_ids,
+                     seed_everything)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +65,8 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, tie=Non
     - margin m >= 0 (Llama 2's margin): the chosen must beat the rejected by at least about m
       before the loss stops pulling; a float for all pairs or one value a pair.
 
-    Returns 0 (still differentiable) if every pair is both-bad.
+    Returns 0 (still differentiable) if every pair is both-bad. In a data-parallel run the
+    mean is over the pairs of every process (``parallel.per_process``).
     """
     d = r_chosen - r_rejected
     tie = torch.zeros_like(d, dtype=torch.bool) if tie is None else torch.as_tensor(tie, device=d.device).bool()
@@ -74,7 +77,7 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, tie=Non
     tied = -0.5 * (F.logsigmoid(d) + F.logsigmoid(-d))
     loss = torch.where(tie, tied, preference)
     keep = (~both_bad).to(d.dtype)
-    return (loss * keep).sum() / keep.sum().clamp(min=1.0)
+    return (loss * keep).sum() / parallel.per_process(keep.sum())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,8 +293,9 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     if not train:
         raise ValueError("no pairs to train on: give comparisons (e.g. make_preference_dataset(...))")
     reward_model = RewardModel.from_base(base_model, tokenizer, seed).to(device).train()
+    trained = parallel.data_parallel(reward_model)   # several processes: DDP averages gradients
     ids, mask, tie, both_bad = encode_pairs(tokenizer, train, device)
-    steps_per_epoch = math.ceil(len(train) / batch_size)
+    steps_per_epoch = len(parallel.minibatches(torch.arange(len(train)), batch_size))
     total = epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(reward_model.parameters(), lr=lr, weight_decay=weight_decay)
     warmup = max(1, total // 10)
@@ -300,11 +304,13 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     generator = torch.Generator().manual_seed(seed)
     history = dict(step=[], train_loss=[], train_accuracy=[], epoch=[], heldout_loss=[],
                    heldout_accuracy=[], n_train=len(train), n_heldout=len(held))
-    bar = tqdm(total=total, desc="reward model")
+    bar = tqdm(total=total, desc="reward model", disable=not parallel.is_main_process())
     for epoch in range(1, epochs + 1):
         # --- one pass over the training pairs
-        for rows in torch.randperm(len(train), generator=generator).to(device).split(batch_size):
-            r_chosen, r_rejected = _pair_forward(reward_model, ids, mask, rows)
+        order = torch.randperm(len(train), generator=generator).to(device)
+        for rows in parallel.minibatches(order, batch_size):    # this process's share of each
+            with autocast(device):
+                r_chosen, r_rejected = _pair_forward(trained, ids, mask, rows)
             loss = bradley_terry_loss(r_chosen, r_rejected, tie[rows], both_bad[rows], margin)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -312,7 +318,7 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
             optimizer.step()
             schedule.step()
             history["step"].append(len(history["step"]) + 1)
-            history["train_loss"].append(loss.item())
+            history["train_loss"].append(parallel.average(loss.detach()).item())
             history["train_accuracy"].append(preference_accuracy(r_chosen.detach(), r_rejected.detach(),
                                                                  tie[rows], both_bad[rows]))
             bar.update()

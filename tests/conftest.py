@@ -29,6 +29,19 @@ def base(world):
     return model, tokenizer
 
 
+def tiny_llama(tokenizer, layers: int = 1, heads: int = 2, context: int = 128, seed: int = 0):
+    """A freshly initialised Llama of a few thousand parameters over ``tokenizer``: the "model
+    of your own" the tests bring (any Hugging Face causal LM must work in place of ours)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=heads, max_position_embeddings=context,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a test module: on a shared, busy CPU two threads wait on each other

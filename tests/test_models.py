@@ -3,8 +3,8 @@ import collections
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import tiny_llama
 from rlhf_lite.models import (build_tokenizer, completion_logprobs, encode_completions, generate,
                               load_model, make_base_model, pretrain, save_model)
 from rlhf_lite.world import STYLE_MIX
@@ -95,11 +95,7 @@ def test_left_padding_does_not_change_log_probs(world, base):
 def test_a_users_own_model_directory_loads_and_generates(world, tmp_path):
     """Any local Hugging Face causal LM works in place of ours: here a tiny Llama."""
     tokenizer = build_tokenizer(world)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    save_model(LlamaForCausalLM(config), tokenizer, tmp_path / "llama")
+    save_model(tiny_llama(tokenizer), tokenizer, tmp_path / "llama")
     model, tok = load_model(tmp_path / "llama")
     assert type(model).__name__ == "LlamaForCausalLM"
     batch = generate(model, tok, world.prompts[:4], max_new_tokens=5, seed=0)

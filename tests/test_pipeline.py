@@ -9,11 +9,11 @@ from conftest import RUNS
 from rlhf_lite.cli import main
 
 KEYS = {
-    "seconds": None, "device": None, "seed": None,
+    "seconds": None, "device": None, "seed": None, "processes": None,
     "stage_seconds": {"pretrain", "pairs", "reward_model", "ppo"},
     "reward_model": {"n_train_pairs", "heldout_accuracy", "gold_agreement", "noise_ceiling_accuracy"},
     "ppo": {"episodes", "initial_reward", "final_reward", "initial_gold", "final_gold", "final_kl",
-            "gold_win_rate_vs_base"},
+            "gold_win_rate_vs_base", "gold_win_rate_vs_base_ci95"},
 }
 
 
@@ -28,10 +28,11 @@ def test_pipeline_writes_metrics_plots_and_models(base, tmp_path, capsys):
         if inner is not None:
             assert set(metrics[key]) == inner, key
     assert json.loads(capsys.readouterr().out) == metrics          # also printed
-    assert metrics["device"] == "cpu" and metrics["seed"] == 0
+    assert metrics["device"] == "cpu" and metrics["seed"] == 0 and metrics["processes"] == 1
     assert metrics["reward_model"]["n_train_pairs"] == 54            # 60 pairs, 10% held out
     assert metrics["ppo"]["episodes"] == 2 * 64
-    assert 0.0 <= metrics["ppo"]["gold_win_rate_vs_base"] <= 1.0
+    low, high = metrics["ppo"]["gold_win_rate_vs_base_ci95"]
+    assert 0.0 <= low <= metrics["ppo"]["gold_win_rate_vs_base"] <= high <= 1.0
     assert 0.0 <= metrics["reward_model"]["heldout_accuracy"] <= 1.0
     assert -1.0 < metrics["ppo"]["final_kl"] < 5.0     # the k1 estimate of one batch: near 0 after 2 steps
     assert metrics["ppo"]["initial_gold"] is not None

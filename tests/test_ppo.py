@@ -145,7 +145,7 @@ def test_value_model_starts_as_the_reward_model_read_at_every_position(world, ba
     # V at the <eos> position reads the state just before it: the completion without <eos>
     last = batch.completion_mask.sum(1) - 1
     mask = batch.attention_mask.clone()
-    mask[torch.arange(16), batch.prompt_ids.shape[1] + last] = 0
+    mask[torch.arange(16, device=mask.device), batch.prompt_ids.shape[1] + last] = 0
     with torch.no_grad():
         expected = reward_model.normalise(reward_model(batch.input_ids, mask))
     assert torch.allclose(values.gather(1, last[:, None]).squeeze(1), expected, atol=1e-4)

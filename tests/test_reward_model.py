@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 
+from conftest import tiny_llama
 from rlhf_lite.models import encode_completions, generate
 from rlhf_lite.preferences import Comparison, make_preference_dataset
 from rlhf_lite.reward_model import (RewardModel, bradley_terry_loss, calibration, evaluate,
@@ -92,15 +93,10 @@ def test_any_causal_lm_and_a_pad_that_is_eos(world):
     """Bring your own model: a Llama whose tokenizer pads with <eos> (as ``load_model`` sets up
     tokenizers without a pad). The HF classifier would read at the last token that is not the pad,
     i.e. skip the <eos>; we read at the last real token from the attention mask."""
-    from transformers import LlamaConfig, LlamaForCausalLM
     from rlhf_lite.models import build_tokenizer
     tokenizer = build_tokenizer(world)
     tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
-    rm = RewardModel.from_base(LlamaForCausalLM(config), tokenizer)
+    rm = RewardModel.from_base(tiny_llama(tokenizer, layers=2, heads=4), tokenizer)
     torch.nn.init.normal_(rm.model.score.weight)
     prompts, texts = [world.prompts[0], max(world.prompts, key=len)], ["Paris.", "Well, let me think. " * 3]
     together = rm.score(prompts, texts, normalize=False)
