@@ -232,8 +232,8 @@ def load_model(path, device: str | None = None):
     path = check_model_dir(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, TypeError) as e:
-        raise UnusableModel(f"no tokenizer could be loaded from {path!r} ({e}); save the model's "
+    except (OSError, ValueError, TypeError):
+        raise UnusableModel(f"no tokenizer could be loaded from {path!r}; save the model's "
                             f"tokenizer there with tokenizer.save_pretrained({path!r})") from None
     if tokenizer.eos_token is None:
         raise UnusableModel(f"the tokenizer in {path!r} has no eos token, so no answer could end; "

@@ -73,6 +73,9 @@ def accelerator(device=None):
         cpu = (torch.device(device).type == "cpu" if device is not None
                else not torch.cuda.is_available())
         _accelerator = Accelerator(cpu=cpu)
+        if not is_main_process():                # only process 0 prints: no loading bars either
+            from transformers.utils import logging as transformers_logging
+            transformers_logging.disable_progress_bar()
     return _accelerator
 
 

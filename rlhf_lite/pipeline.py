@@ -78,7 +78,8 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
                 steps=pretrain_steps, seed=seed, device=device)
         else:
             (model, tokenizer), losses = load_model(model_dir, device), None
-    check_context(model, tokenizer, world.prompts, world.max_new_tokens, model_dir or "the base model")
+    check_context(model, tokenizer, world.prompts, world.max_new_tokens,
+                  repr(os.fspath(model_dir)) if model_dir else "the base model")
     settings = PRESETS[preset or preset_for(model)]
     stage("pretrain", begun)
 

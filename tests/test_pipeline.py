@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from conftest import RUNS
+from conftest import RUNS, tiny_llama
 from rlhf_lite.cli import main
+from rlhf_lite.models import build_tokenizer, save_model
 
 KEYS = {
     "seconds": None, "device": None, "seed": None, "processes": None,
@@ -71,3 +72,67 @@ def test_python_dash_m_entry_point_rejects_bad_arguments(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "rlhf-lite pipeline: error: argument --pairs: expected a positive whole number, got -5" in run.stderr
+
+
+def save_tiny_llama(world, path, context=128, pad=True, eos=True):
+    """A Llama of your own, saved with its tokenizer (ours, here), optionally without a pad or
+    an eos token or with a short context."""
+    tokenizer = build_tokenizer(world)
+    model = tiny_llama(tokenizer, context=context)
+    if not pad:
+        tokenizer.pad_token = None
+    if not eos:
+        tokenizer.eos_token = None
+    save_model(model, tokenizer, path)
+    return path
+
+
+def test_pipeline_on_your_own_model(world, tmp_path, caplog):
+    """--model DIR: a Llama whose tokenizer has no pad token (as many causal LMs ship) runs every
+    stage without pretraining; the pad used instead is said."""
+    llama = save_tiny_llama(world, tmp_path / "llama", pad=False)
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="rlhf_lite"):
+        assert main(["pipeline", "--out", str(out), "--model", str(llama), "--pairs", "40",
+                     "--ppo-steps", "1", "--device", "cpu"]) == 0
+    assert "has no pad token: padding with its eos token '<eos>'" in caplog.text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reward_model"]["n_train_pairs"] == 36 and metrics["ppo"]["episodes"] == 64
+    assert not (out / "runs").exists()                                  # nothing pretrained
+    for folder in ("policy", "reward_model"):
+        assert json.loads((out / folder / "config.json").read_text())["model_type"] == "llama"
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("not a model", "argument --model: '{dir}' is not a model directory (no config.json in it)"),
+    ("no weights", "argument --model: '{dir}' holds no causal language model transformers can load"),
+    ("no tokenizer", "argument --model: no tokenizer could be loaded from '{dir}'"),
+    ("no eos", "argument --model: the tokenizer in '{dir}' has no eos token"),
+    ("short context", "argument --model: '{dir}' reads at most 16 tokens "
+                      "(config.max_position_embeddings), but the longest prompt is"),
+])
+def test_a_model_that_cannot_run_gets_a_clear_error(world, tmp_path, capsys, problem, message):
+    folder = tmp_path / "model"
+    if problem == "not a model":
+        folder.mkdir()
+        (folder / "weights.bin").write_text("")
+    elif problem == "no weights":
+        save_tiny_llama(world, folder)
+        (folder / "model.safetensors").unlink()
+    elif problem == "no tokenizer":
+        tiny_llama(build_tokenizer(world)).save_pretrained(folder)
+    else:
+        save_tiny_llama(world, folder, context=16 if problem == "short context" else 128,
+                        eos=problem != "no eos")
+    with pytest.raises(SystemExit) as exit_:
+        main(["pipeline", "--out", str(tmp_path / "run"), "--model", str(folder), "--device", "cpu"])
+    assert exit_.value.code == 2
+    assert message.format(dir=folder) in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_pretrain_steps_and_a_model_of_your_own_do_not_mix(world, tmp_path, capsys):
+    llama = save_tiny_llama(world, tmp_path / "llama")
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--out", str(tmp_path), "--model", str(llama), "--pretrain-steps", "5"])
+    assert "--pretrain-steps has no effect with --model" in capsys.readouterr().err
