@@ -533,7 +533,8 @@ class PPOTrainer:
 
     def train(self, steps: int | None = None, plot=None, progress: bool = True) -> list[dict]:
         """Run ``steps`` iterations (default ``config.steps``); ``plot``: a ``LivePlot`` to update."""
-        for _ in (bar := tqdm(range(steps or self.config.steps), desc="PPO", disable=not progress)):
+        quiet = not (progress and parallel.is_main_process())      # only process 0 prints
+        for _ in (bar := tqdm(range(steps or self.config.steps), desc="PPO", disable=quiet)):
             entry = self.step()
             bar.set_postfix(reward=f"{entry['reward']:.2f}", kl=f"{entry['kl']:.2f}",
                             **({"gold": f"{entry['gold']:.2f}"} if entry["gold"] is not None else {}))
