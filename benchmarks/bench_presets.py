@@ -66,9 +66,9 @@ for name in args.presets:
         losses = json.load(f)
     # the reward model on fresh pairs from held-out prompts, sampled from this preset's base model
     base, tokenizer = load_model(base_dir, args.device)
-    fresh = make_preference_dataset(world, base, tokenizer, SimulatedLabeler(world, "helpful", seed=1),
-                                    n_pairs=args.heldout_pairs, prompts=world.split_prompts()[1],
-                                    seed=1)
+    second_labeler = SimulatedLabeler(world, "helpful", seed=1)
+    fresh = make_preference_dataset(world, base, tokenizer, second_labeler, seed=1,
+                                    n_pairs=args.heldout_pairs, prompts=world.split_prompts()[1])
     fresh_eval = evaluate(RewardModel.load(os.path.join(out, "reward_model"), args.device), fresh,
                           world, labeler)
     counted = sum(not (c.tie or c.both_bad) for c in fresh)
@@ -78,13 +78,15 @@ for name in args.presets:
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in metrics["stage_seconds"].items())
     print(f"\n== preset {name}: {sum(p.numel() for p in base.parameters()) / 1e6:.1f}M parameters, "
           f"device {metrics['device']}, load average now {load()}")
+    cached = metrics["stage_seconds"]["pretrain"] < 30
     print(f"seconds: {seconds:.0f} in all ({stages}); pretraining "
-          f"{'cached, not timed here' if metrics['stage_seconds']['pretrain'] < 30 else 'timed here'}")
+          f"{'cached, not timed here' if cached else 'timed here'}")
     print(f"pretraining: {len(losses)} steps at lr {settings.pretrain_lr:g}, "
           f"mean loss of the last 50: {sum(losses[-50:]) / 50:.4f}")
     print(f"reward model (lr {settings.reward_model_lr:g}), pipeline's held-out pairs: accuracy "
           f"{with_interval(rm['heldout_accuracy'], n_small)}, ceiling "
-          f"{rm['noise_ceiling_accuracy']:.3f}, gap {rm['noise_ceiling_accuracy'] - rm['heldout_accuracy']:.3f}")
+          f"{rm['noise_ceiling_accuracy']:.3f}, "
+          f"gap {rm['noise_ceiling_accuracy'] - rm['heldout_accuracy']:.3f}")
     print(f"reward model, {args.heldout_pairs} fresh pairs from held-out prompts: accuracy "
           f"{with_interval(fresh_eval['accuracy'], counted)}, ceiling "
           f"{fresh_eval['noise_ceiling_accuracy']:.3f}, gap "

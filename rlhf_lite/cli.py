@@ -88,7 +88,8 @@ def main(argv=None) -> int:
         from .models import UnusableModel
         from .pipeline import run_pipeline
         if args.model and args.pretrain_steps:
-            parser.error("--pretrain-steps has no effect with --model: your model is not pretrained")
+            parser.error("--pretrain-steps has no effect with --model: "
+                         "your model is not pretrained")
         if args.threads:
             import torch
             torch.set_num_threads(args.threads)

@@ -284,8 +284,9 @@ def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int | No
             return model, tokenizer, path, json.load(f)
     tokenizer = build_tokenizer(world)
     model = make_base_model(tokenizer, preset, seed)
-    history = pretrain(model, tokenizer, world, steps=steps, batch_size=settings.pretrain_batch_size,
-                       lr=settings.pretrain_lr, seed=seed, device=device, warmup=settings.warmup)
+    history = pretrain(model, tokenizer, world, steps=steps, lr=settings.pretrain_lr,
+                       batch_size=settings.pretrain_batch_size, warmup=settings.warmup, seed=seed,
+                       device=device)
     save_model(model, tokenizer, path)
     with open(os.path.join(path, "loss_history.json"), "w") as f:  # written last: marks it complete
         json.dump(history, f)

@@ -95,9 +95,11 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
     # --- 3. the reward model
     begun = time.perf_counter()
     reward_model, rm_history = train_reward_model(model, tokenizer, comparisons, max_new_tokens=world.max_new_tokens,
-                                                  lr=settings.reward_model_lr, seed=seed, device=device)
+                                                  lr=settings.reward_model_lr, seed=seed,
+                                                  device=device)
     _, heldout_pairs = split_comparisons(comparisons, seed=seed)   # the split train_reward_model used
-    rm_eval = evaluate(reward_model, heldout_pairs, world, labeler) if heldout_pairs and main else {}
+    rm_eval = evaluate(reward_model, heldout_pairs, world, labeler) if heldout_pairs and main \
+        else {}
     if main:
         reward_model.save(os.path.join(out, "reward_model"))
     stage("reward_model", begun)

@@ -408,8 +408,8 @@ class PPOTrainer:
     def sample(self, prompts, seed=None) -> Completions:
         cfg = self.config
         with autocast(self.device):
-            return generate(self.policy, self.tokenizer, prompts, cfg.max_new_tokens, cfg.temperature,
-                            seed=seed)
+            return generate(self.policy, self.tokenizer, prompts, cfg.max_new_tokens,
+                            cfg.temperature, seed=seed)
 
     @torch.no_grad()
     def raw_score(self, batch: Completions) -> torch.Tensor:

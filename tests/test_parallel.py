@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def launch(args, cwd, timeout=300):
-    """``torchrun --standalone --nproc_per_node 2 ARGS`` in ``cwd``: (exit code, stdout, stderr)."""
+    """``torchrun --standalone --nproc_per_node 2 ARGS`` in ``cwd``: exit code, stdout, stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -30,7 +30,8 @@ def test_one_process_leaves_everything_as_it_is():
     assert parallel.share(list(range(5))) == list(range(5))
     x = torch.tensor([1.0, 2.0])
     assert parallel.total(x) is x and parallel.average(x) is x
-    assert parallel.per_process(torch.tensor(0.0)) == 1 and parallel.per_process(torch.tensor(7.0)) == 7
+    assert parallel.per_process(torch.tensor(0.0)) == 1       # a mean over nothing stays 0
+    assert parallel.per_process(torch.tensor(7.0)) == 7
     assert [m.tolist() for m in parallel.minibatches(torch.arange(5), 2)] == [[0, 1], [2, 3], [4]]
     model = torch.nn.Linear(2, 1)
     assert parallel.data_parallel(model) is model
@@ -49,7 +50,8 @@ def test_each_process_gets_its_share_of_every_minibatch(monkeypatch, processes):
     assert sum(shares, []) == list(range(10))                      # all of it, once, in order
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
     # minibatches [0..3], [4..7], [8, 9]: with 3 processes the last (2 < 3) joins the one before
-    expected = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] if processes == 2 else [[0, 1, 2, 3], list(range(4, 10))]
+    expected = ([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] if processes == 2
+                else [[0, 1, 2, 3], list(range(4, 10))])
     for step, minibatch in enumerate(expected):
         assert sum((batches[rank][step] for rank in range(processes)), []) == minibatch
         assert all(batches[rank][step] for rank in range(processes))   # nobody goes without
@@ -65,7 +67,8 @@ def test_two_processes_take_the_step_one_process_takes(base, tmp_path):
     two, one = torch.load(tmp_path / "two.pt"), first_updates(str(RUNS))
     assert (two["processes"], one["processes"]) == (2, 1)
     assert (two["episodes_sampled_here"], one["episodes_sampled_here"]) == (EPISODES // 2, EPISODES)
-    assert two["reward_model_losses"] == pytest.approx(one["reward_model_losses"], rel=1e-4, abs=1e-6)
+    assert two["reward_model_losses"] == pytest.approx(one["reward_model_losses"], rel=1e-4,
+                                                       abs=1e-6)
     for key, value in one["ppo"].items():
         assert two["ppo"][key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
     for key in ("reward_model_step", "policy_step"):
@@ -77,8 +80,9 @@ def test_two_processes_take_the_step_one_process_takes(base, tmp_path):
 
 
 def test_pipeline_with_two_processes_writes_one_folder(base, tmp_path):
-    code, out, err = launch(["-m", "rlhf_lite", "pipeline", "--out", "run", "--cache-dir", str(RUNS),
-                             "--pairs", "40", "--ppo-steps", "1", "--device", "cpu"], tmp_path)
+    code, out, err = launch(["-m", "rlhf_lite", "pipeline", "--out", "run", "--cache-dir",
+                             str(RUNS), "--pairs", "40", "--ppo-steps", "1", "--device", "cpu"],
+                            tmp_path)
     assert code == 0, err[-4000:]
     assert os.listdir(tmp_path) == ["run"]
     metrics = json.loads(out)                           # printed once: by process 0 only

@@ -105,7 +105,7 @@ def test_pipeline_on_your_own_model(world, tmp_path, caplog):
 
 @pytest.mark.parametrize("problem, message", [
     ("not a model", "argument --model: '{dir}' is not a model directory (no config.json in it)"),
-    ("no weights", "argument --model: '{dir}' holds no causal language model transformers can load"),
+    ("no weights", "argument --model: '{dir}' holds no causal language model transformers"),
     ("no tokenizer", "argument --model: no tokenizer could be loaded from '{dir}'"),
     ("no eos", "argument --model: the tokenizer in '{dir}' has no eos token"),
     ("short context", "argument --model: '{dir}' reads at most 16 tokens "
@@ -125,7 +125,8 @@ def test_a_model_that_cannot_run_gets_a_clear_error(world, tmp_path, capsys, pro
         save_tiny_llama(world, folder, context=16 if problem == "short context" else 128,
                         eos=problem != "no eos")
     with pytest.raises(SystemExit) as exit_:
-        main(["pipeline", "--out", str(tmp_path / "run"), "--model", str(folder), "--device", "cpu"])
+        main(["pipeline", "--out", str(tmp_path / "run"), "--model", str(folder),
+              "--device", "cpu"])
     assert exit_.value.code == 2
     assert message.format(dir=folder) in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.json").exists()

@@ -78,7 +78,8 @@ def test_every_stage_runs_on_the_device_with_fp32_logprobs_and_losses(world, bas
     here = torch.device(device).type
     # models: generation and log-probs
     batch = generate(model, tokenizer, world.prompts[:8], world.max_new_tokens, seed=0)
-    assert {t.device.type for t in (batch.prompt_ids, batch.completion_ids, batch.logprobs)} == {here}
+    tensors = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.logprobs)
+    assert {t.device.type for t in tensors} == {here}
     with autocast(device):
         logp = completion_logprobs(model, batch)
     assert logp.device.type == here and logp.dtype == torch.float32
