@@ -10,10 +10,11 @@ One module a stage, each read top to bottom:
 - ``ppo`` (stage 3): PPO against a reward model or any reward function
 - ``dpo`` and ``beyond``: DPO, the SFT baseline, best-of-n, reward over-optimisation
 - ``pipeline``: every stage headless (``rlhf-lite pipeline``); ``plots``: the shared plots
+- ``parallel``: data-parallel runs over several processes (``torchrun``, ``accelerate launch``)
 """
 from .world import CRITERIA, STYLES, Criteria, SimulatedLabeler, World, get_criteria
-from .models import (completion_logprobs, generate, get_base_model, load_model, pick_device,
-                     save_model)
+from .models import (PRESETS, completion_logprobs, generate, get_base_model, load_model,
+                     pick_device, save_model)
 from .preferences import Comparison, make_preference_dataset
 from .label_store import LabelStore
 from .reward_model import RewardModel, bradley_terry_loss, train_reward_model
