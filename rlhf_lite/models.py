@@ -108,8 +108,8 @@ def autocast(device):
     run in bf16 while the weights and the optimiser stay fp32, and log-probs
     (``next_token_logits``), rewards, values, the KL and every loss are cast back to fp32."""
     device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+        return torch.autocast("cuda", dtype=torch.bfloat16)   # bf16 in hardware: Ampere and newer
     return contextlib.nullcontext()
 
 

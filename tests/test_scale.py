@@ -61,9 +61,8 @@ def test_every_presets_settings_make_the_losses_fall(world, name):
 
 def test_autocast_is_bf16_on_a_gpu_and_nothing_on_the_cpu():
     with autocast("cpu"):
-        assert not torch.is_autocast_enabled("cpu")
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0):
         with autocast("cuda"):
             x = torch.ones(2, 2, device="cuda")
             assert (x @ x).dtype == torch.bfloat16
