@@ -36,7 +36,7 @@ def first_updates(runs_dir) -> dict:
     mine, asked = parallel.share(torch.arange(EPISODES)), []
     trainer.sample = lambda prompts, seed=None: asked.append(len(prompts)) or take(episodes, mine)
     entry = trainer.step()
-    moved = lambda model, start: torch.cat([(p - q).flatten() for p, q in  # noqa: E731
+    moved = lambda model, start: torch.cat([(p - q).detach().flatten() for p, q in  # noqa: E731
                                             zip(model.parameters(), start.parameters())])
     return {"processes": parallel.processes(), "episodes_sampled_here": asked[0],
             "reward_model_losses": history["train_loss"],
