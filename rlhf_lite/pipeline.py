@@ -98,9 +98,8 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
                                                   lr=settings.reward_model_lr, seed=seed,
                                                   device=device)
     _, heldout_pairs = split_comparisons(comparisons, seed=seed)   # the split train_reward_model used
-    rm_eval = evaluate(reward_model, heldout_pairs, world, labeler) if heldout_pairs and main \
-        else {}
-    if main:
+    if main:                     # the reward model is the same in every process
+        rm_eval = evaluate(reward_model, heldout_pairs, world, labeler) if heldout_pairs else {}
         reward_model.save(os.path.join(out, "reward_model"))
     stage("reward_model", begun)
 
