@@ -1,5 +1,6 @@
-"""The models: a word-level tokenizer, a small GPT-2 pretrained on the world's internet, and the
-two helpers every stage shares: ``generate`` (sample completions) and ``completion_logprobs``.
+"""The models: a word-level tokenizer, a small GPT-2 pretrained on the world's internet (three
+sizes, ``PRESETS``), or a causal LM of your own (``load_model``), and the two helpers every stage
+shares: ``generate`` (sample completions) and ``completion_logprobs``. ``autocast``: bf16 on GPUs.
 
 A completion batch is laid out as ``[left-padded prompt | right-padded completion]``::
 
@@ -31,6 +32,7 @@ from . import parallel
 log = logging.getLogger(__name__)
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
@@ -72,7 +74,8 @@ PRESETS = {
 }
 """The base model's presets: GPT-2s with 128 positions, and how to train each (``Preset``).
 Pretraining learning rates measured on an H100 (2,000 steps, mean loss of the last 50):
-gpu 1e-2 -> 1.05, 3e-3 -> 0.370, 1e-3 -> 0.350; small 3e-3 -> 0.357 (1,500 steps)."""
+gpu 1e-2 -> 1.05, 3e-3 -> 0.370, 1e-3 -> 0.350; small 3e-3 -> 0.357 (1,500 steps). On a CPU
+(benchmarks/bench_presets.py): small 3e-3, 2,000 steps -> 0.352; tiny 1e-2, 800 -> 0.365."""
 
 MODEL_PRESETS = {name: preset.sizes for name, preset in PRESETS.items()}
 """Sizes of the base model, from ``PRESETS``."""
