@@ -11,13 +11,19 @@ trained models (``reward_model/``, ``policy/``).
 metrics.json::
 
     seconds, stage_seconds: {pretrain, pairs, reward_model, ppo}, device, seed,
-    reward_model: {n_train_pairs, heldout_accuracy, gold_agreement, noise_ceiling_accuracy},
+    reward_model: {n_train_pairs, n_heldout_pairs, heldout_accuracy, heldout_accuracy_ci95,
+                   gold_agreement, gold_utility_accuracy, noise_ceiling_accuracy},
     ppo: {episodes, initial_reward, final_reward, initial_gold, final_gold, final_kl,
-          gold_win_rate_vs_base}
+          gold_win_rate_vs_base, gold_win_rate_vs_base_ci95, gold_win_rate_n,
+          gold_win_rate_prompts}
 
 ``initial_*`` are the first PPO batch's means (the base model), ``final_*`` the last batch's;
 rewards are the reward model's normalised scores, gold the judge's utility under ``criteria``,
-KL in nats per completion.
+KL in nats per completion. The reward model is judged on ``n_heldout_pairs`` fresh pairs whose
+prompts ask facts no training prompt asks, labelled by the same labeler; ``*_ci95`` are 95%
+intervals (Wilson for the accuracy; the bootstrap over the held-out prompts for the win rate,
+from ``gold_win_rate_n`` pairs on ``gold_win_rate_prompts`` prompts); ``gold_utility_accuracy``
+is the gold utility's own accuracy on those labels, next to the expected noise ceiling.
 """
 from __future__ import annotations
 
@@ -31,20 +37,22 @@ from .models import get_base_model, pick_device, save_model
 from .plots import LivePlot, plot_curves
 from .ppo import PLOT_METRICS, PPOConfig, PPOTrainer, gold_win_rate
 from .preferences import make_preference_dataset, write_trl_jsonl
-from .reward_model import evaluate, split_comparisons, train_reward_model
+from .reward_model import evaluate, train_reward_model
 from .world import SimulatedLabeler, World, get_criteria
 
 
 def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int = 0,
                  device: str | None = None, pairs: int = 1000, ppo_steps: int = PPOConfig.steps,
-                 cache_dir=None, pretrain_steps: int | None = None, heldout_samples: int = 8,
-                 progress: bool = True) -> dict:
+                 cache_dir=None, pretrain_steps: int | None = None, heldout_samples: int = 16,
+                 heldout_pairs: int = 1000, progress: bool = True) -> dict:
     """Run every stage and write ``out`` (see the module docstring); returns the metrics.
 
     cache_dir: where the base model is cached (default ``out/runs``); give a shared folder
         (e.g. ``notebooks/runs``) to skip pretraining when that model is there already.
     pretrain_steps: pretraining steps (default: ``get_base_model``'s).
     heldout_samples: samples per held-out prompt in the win-rate comparison.
+    heldout_pairs: fresh pairs on held-out-fact prompts, labelled by the same labeler, that
+        the reward model is judged on (it trains on all ``pairs``).
     """
     start = time.perf_counter()
     os.makedirs(out, exist_ok=True)
@@ -69,18 +77,20 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
     write_trl_jsonl(comparisons, os.path.join(out, "comparisons.jsonl"))
     stage("pairs", begun)
 
-    # --- 3. the reward model
+    # --- 3. the reward model, judged on fresh pairs that ask facts no training pair asks
     begun = time.perf_counter()
-    reward_model, rm_history = train_reward_model(model, tokenizer, comparisons, max_new_tokens=world.max_new_tokens,
+    reward_model, rm_history = train_reward_model(model, tokenizer, comparisons, heldout=0.0,
+                                                  max_new_tokens=world.max_new_tokens,
                                                   seed=seed, device=device)
-    _, heldout_pairs = split_comparisons(comparisons, seed=seed)   # the split train_reward_model used
-    rm_eval = evaluate(reward_model, heldout_pairs, world, labeler) if heldout_pairs else {}
+    train_prompts, heldout_prompts = world.split_prompts()
+    fresh_pairs = make_preference_dataset(world, model, tokenizer, labeler, heldout_pairs,
+                                          prompts=heldout_prompts, seed=seed + 1)
+    rm_eval = evaluate(reward_model, fresh_pairs, world, labeler)
     reward_model.save(os.path.join(out, "reward_model"))
     stage("reward_model", begun)
 
     # --- 4. PPO against the reward model; the gold judge only watches
     begun = time.perf_counter()
-    train_prompts, heldout_prompts = world.split_prompts()
     gold_fn = lambda prompts, texts: world.gold_many(prompts, texts, crit)  # noqa: E731
     config = PPOConfig(steps=ppo_steps, max_new_tokens=world.max_new_tokens, seed=seed)
     trainer = PPOTrainer(model, tokenizer, reward_model, train_prompts, config, gold_fn=gold_fn)
@@ -100,16 +110,22 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
         "seed": seed,
         "reward_model": {
             "n_train_pairs": rm_history["n_train"],
-            "heldout_accuracy": rm_eval.get("accuracy"),
-            "gold_agreement": rm_eval.get("gold_agreement"),
-            "noise_ceiling_accuracy": rm_eval.get("noise_ceiling_accuracy"),
+            "n_heldout_pairs": rm_eval["accuracy"].n,
+            "heldout_accuracy": rm_eval["accuracy"].value,
+            "heldout_accuracy_ci95": rm_eval["accuracy"].ci95,
+            "gold_agreement": rm_eval["gold_agreement"],
+            "gold_utility_accuracy": rm_eval["gold_accuracy"].value,
+            "noise_ceiling_accuracy": rm_eval["noise_ceiling_accuracy"],
         },
         "ppo": {
             "episodes": last["episodes"],
             "initial_reward": first["reward"], "final_reward": last["reward"],
             "initial_gold": first["gold"], "final_gold": last["gold"],
             "final_kl": last["kl"],
-            "gold_win_rate_vs_base": win_rate,
+            "gold_win_rate_vs_base": win_rate.value,
+            "gold_win_rate_vs_base_ci95": win_rate.ci95,
+            "gold_win_rate_n": win_rate.n,
+            "gold_win_rate_prompts": win_rate.groups,
         },
     }
     with open(os.path.join(out, "metrics.json"), "w") as f:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from . import stats
 from .models import Completions, encode_completions, generate, pick_device, position_ids, seed_everything
 
 
@@ -342,13 +343,25 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
 def noise_ceiling(labeler, comparisons) -> float:
     """The best accuracy any reward model can expect against this labeler's labels.
 
-    The simulated labeler picks the left answer with probability p = labeler.prob_left(x, A, B).
-    Even a model that knows p exactly can only predict the likelier choice, and is right with
-    probability max(p, 1 - p); averaged over the pairs, that is the ceiling. (With a position
-    bias, p depends on which answer was shown left; we take the chosen one as left.)
+    A reward model reads (x, y) and never sees which answer was shown on the left, so it is
+    *side-blind*. The simulated labeler prefers the left answer with probability
+    sigmoid(du / T + b) (``labeler.prob_left``), du the utility gap, b its position bias. With
+    the sides a coin flip, the answer with the higher utility wins with probability
+
+        p = 1/2 [sigmoid(|du| / T + b) + sigmoid(|du| / T - b)]
+
+    and a model that knows u exactly, predicting that answer, is right with probability p
+    (1/2 when du = 0). The ceiling is p averaged over the pairs with a preference. Without a
+    position bias it is the plain max(P, 1 - P) of a Bradley-Terry choice.
     """
-    ps = [labeler.prob_left(c.prompt, c.chosen, c.rejected) for c in comparisons if not (c.tie or c.both_bad)]
-    return sum(max(p, 1 - p) for p in ps) / len(ps) if ps else float("nan")
+    ps = []
+    for c in comparisons:
+        if not (c.tie or c.both_bad):
+            chosen_left = labeler.prob_left(c.prompt, c.chosen, c.rejected)       # P(chosen wins)
+            chosen_right = 1 - labeler.prob_left(c.prompt, c.rejected, c.chosen)  # when shown right
+            p = 0.5 * (chosen_left + chosen_right)
+            ps.append(max(p, 1 - p))
+    return sum(ps) / len(ps) if ps else float("nan")
 
 
 def shortfall_by_style(world, labeler, comparisons, r_chosen, r_rejected) -> list[dict]:
@@ -420,16 +433,28 @@ def rewards_by_style(reward_model, world, n: int = 2000, prompts=None, seed: int
 
 
 def evaluate(reward_model, comparisons, world=None, labeler=None, criteria="helpful") -> dict:
-    """The numbers lesson 2 reports on held-out pairs: accuracy against the labels, gold
-    agreement (with ``world``) and the noise ceiling (with the simulated ``labeler``)."""
+    """The numbers lesson 2 reports on held-out pairs.
+
+    accuracy: an ``Estimate`` (value, Wilson 95% interval, n) against the labels, over the pairs
+    with a preference; n_pairs: all pairs given. With ``world``: gold_agreement (the order of
+    the gold utility, see ``gold_agreement``) and gold_accuracy, the accuracy of the gold
+    utility itself against the same labels: what a perfect reward model scores on *these*
+    labels, which the expected ``noise_ceiling_accuracy`` (with the simulated ``labeler``)
+    should match within its interval.
+    """
     comparisons = list(comparisons)
     r_chosen, r_rejected = pair_rewards(reward_model, comparisons)
-    tie = [c.tie for c in comparisons]
-    both_bad = [c.both_bad for c in comparisons]
-    out = dict(n_pairs=len(comparisons), accuracy=preference_accuracy(r_chosen, r_rejected, tie, both_bad))
+    preferred = [i for i, c in enumerate(comparisons) if not (c.tie or c.both_bad)]
+    out = dict(n_pairs=len(comparisons),
+               accuracy=stats.accuracy((r_chosen[preferred] > r_rejected[preferred]).tolist()))
+    crit = labeler.criteria if labeler is not None else criteria
     if world is not None:
-        out["gold_agreement"] = gold_agreement(world, comparisons, r_chosen, r_rejected,
-                                               labeler.criteria if labeler is not None else criteria)
+        out["gold_agreement"] = gold_agreement(world, comparisons, r_chosen, r_rejected, crit)
+        kept = [comparisons[i] for i in preferred]
+        u_chosen = world.gold_many([c.prompt for c in kept], [c.chosen for c in kept], crit)
+        u_rejected = world.gold_many([c.prompt for c in kept], [c.rejected for c in kept], crit)
+        out["gold_accuracy"] = stats.accuracy([(a > b) + 0.5 * (a == b)
+                                               for a, b in zip(u_chosen, u_rejected)])
     if labeler is not None:
         out["noise_ceiling_accuracy"] = noise_ceiling(labeler, comparisons)
     return out

@@ -61,6 +61,15 @@ class Estimate:
 
     __hash__ = object.__hash__
 
+    # arithmetic reads the value, so ``ceiling - accuracy`` works as on a float
+    def __add__(self, other): return self.value + float(other)          # noqa: E704
+    def __radd__(self, other): return float(other) + self.value         # noqa: E704
+    def __sub__(self, other): return self.value - float(other)          # noqa: E704
+    def __rsub__(self, other): return float(other) - self.value         # noqa: E704
+    def __mul__(self, other): return self.value * float(other)          # noqa: E704
+    def __rmul__(self, other): return float(other) * self.value         # noqa: E704
+    def __truediv__(self, other): return self.value / float(other)      # noqa: E704
+
 
 def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson's score interval for a proportion successes / n (see the module docstring)."""

@@ -235,6 +235,37 @@ def test_noise_ceiling_follows_the_labelers_definition(world):
     assert noise_ceiling(SimulatedLabeler(world, "helpful"), pairs) == pytest.approx(1 / (1 + math.exp(-abs(u))))
 
 
+def test_noise_ceiling_of_a_side_blind_model_under_a_position_bias(world):
+    """With position bias b and random sides, the best side-blind model is right with
+    probability 1/2 [sigmoid(|du|/T + b) + sigmoid(|du|/T - b)], averaged over pairs; checked
+    against the closed form and against the labels such a labeler really gives."""
+    labeler = SimulatedLabeler(world, "helpful", position_bias=0.7, seed=0)
+    rng = random.Random(0)
+    rows = world.corpus(3000, seed=5)
+    pairs = [(rows[i][0], rows[i][1], world.task.answer(rows[i][0], rng.choice(
+        ["terse", "sentence", "rude", "wrong", "friendly"]), rng)) for i in range(len(rows))]
+    pairs = [(p, a, b) for p, a, b in pairs if a != b]
+    closed, oracle_right = [], []
+    for p, a, b in pairs:
+        du = abs(world.gold(p, a) - world.gold(p, b))
+        closed.append(0.5 * (1 / (1 + math.exp(-(du + 0.7))) + 1 / (1 + math.exp(-(du - 0.7)))))
+    comparisons = []
+    for p, a, b in pairs:
+        left, right = (a, b) if rng.random() < 0.5 else (b, a)      # sides a coin flip
+        left_wins = labeler.choose(p, left, right) == "A"
+        chosen, rejected = (left, right) if left_wins else (right, left)
+        comparisons.append(Comparison(p, chosen, rejected))
+        u_c, u_r = world.gold(p, chosen), world.gold(p, rejected)
+        oracle_right.append((u_c > u_r) + 0.5 * (u_c == u_r))
+    ceiling = noise_ceiling(labeler, comparisons)
+    assert ceiling == pytest.approx(sum(closed) / len(closed), abs=0.01)
+    observed = sum(oracle_right) / len(oracle_right)
+    assert abs(observed - ceiling) < 3 * math.sqrt(ceiling * (1 - ceiling) / len(pairs))
+    # the old reading (the chosen answer as if it had been shown left) overstated it
+    old = [labeler.prob_left(c.prompt, c.chosen, c.rejected) for c in comparisons]
+    assert sum(max(q, 1 - q) for q in old) / len(old) > ceiling + 0.02
+
+
 def test_calibration_bins():
     r_chosen, r_rejected = torch.tensor([3.0, 0.1, -2.0, 1.0]), torch.zeros(4)
     cal = calibration(r_chosen, r_rejected, bins=5)
