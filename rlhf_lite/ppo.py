@@ -107,13 +107,19 @@ class PPOConfig:
     """Score log-probs with logits / temperature, as sampled (Huang et al. 2024); False uses 1."""
     disable_dropout: bool = True
     """Train in eval mode so dropout cannot make logp_old and logp disagree (Huang et al. 2024)."""
+    length_chunks: int = 4
+    """Speed only: each forward and backward pass runs on this many groups of episodes of
+    similar length, each without its padding columns (``by_length``), and sums their gradients
+    weighted by tokens: the same numbers as one pass over the batch, less padding computed.
+    1 = one pass. 2 to 4 on a CPU; 1 on a GPU, where one big matrix is cheaper."""
     log_samples: int = 3
     """Sample texts kept in each iteration's log."""
     seed: int = 0
     """Seeds prompt order, sampling and minibatch order."""
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens"):
+        for name in ("steps", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens",
+                     "length_chunks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PPOConfig.{name} must be a positive integer, got {getattr(self, name)}")
         if self.kl_estimator not in ("k1", "k2", "k3"):
@@ -321,13 +327,43 @@ def is_reward_model(reward) -> bool:
     return hasattr(reward, "score_completions")
 
 
-def take(batch: Completions, idx: torch.Tensor) -> Completions:
-    """The episodes ``idx`` of a batch (a minibatch)."""
+def take(batch: Completions, idx: torch.Tensor, width: int | None = None) -> Completions:
+    """The episodes ``idx`` of a batch (a minibatch). With ``width``, only the first ``width``
+    completion columns and no prompt column that is padding in every row kept."""
     rows = idx.tolist()
+    width = batch.completion_ids.shape[1] if width is None else width
+    prompt_mask = batch.prompt_mask[idx]
+    first = int(prompt_mask.any(0).long().argmax())           # left padding: drop empty columns
     return Completions([batch.prompts[i] for i in rows], [batch.texts[i] for i in rows],
-                       batch.prompt_ids[idx], batch.prompt_mask[idx], batch.completion_ids[idx],
-                       batch.completion_mask[idx], batch.ended[idx], batch.not_text, batch.top_k,
-                       None if batch.logprobs is None else batch.logprobs[idx])
+                       batch.prompt_ids[idx, first:], prompt_mask[:, first:],
+                       batch.completion_ids[idx, :width], batch.completion_mask[idx, :width],
+                       batch.ended[idx], batch.not_text, batch.top_k,
+                       None if batch.logprobs is None else batch.logprobs[idx, :width])
+
+
+def length_chunks(batch: Completions, idx: torch.Tensor, n_chunks: int):
+    """Split the episodes ``idx`` into ``n_chunks`` groups of similar completion length:
+    [(rows, width)], width = the longest completion in the group. A batch's completions run from
+    a word to the full max_new_tokens, so most of a (B, C) batch is padding; a group's columns
+    stop at its own longest answer."""
+    lengths = batch.completion_mask[idx].sum(1)
+    idx = idx[lengths.argsort(stable=True)]
+    return [(rows, max(1, int(batch.completion_mask[rows].sum(1).max())))
+            for rows in idx.tensor_split(min(n_chunks, len(idx))) if len(rows)]
+
+
+def by_length(fn, batch: Completions, n_chunks: int):
+    """``fn(chunk)`` -> (b, width) tensor(s), run on ``length_chunks`` of ``batch`` and put back
+    together as (B, C) tensors, 0 on padding: the same values as ``fn(batch)``, faster."""
+    B, C = batch.completion_ids.shape
+    out = None
+    for rows, width in length_chunks(batch, torch.arange(B, device=batch.completion_ids.device), n_chunks):
+        result = fn(take(batch, rows, width))
+        result = result if isinstance(result, tuple) else (result,)
+        out = out or [r.new_zeros(B, C) for r in result]
+        for whole, part in zip(out, result):
+            whole[rows, :width] = part
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 @dataclasses.dataclass
@@ -428,9 +464,10 @@ class PPOTrainer:
         scores = (raw - self.reward_mean) / self.reward_std
         if cfg.missing_eos_penalty is not None:                 # Huang et al. 2024 ("EOS trick"), TRL
             scores = scores - cfg.missing_eos_penalty * (~batch.ended).float()
-        logp, entropy = self.logprobs(self.policy, batch, return_entropy=True)   # once per batch
-        logp_ref = self.logprobs(self.reference, batch)
-        values = self.value_model(batch)
+        chunks = cfg.length_chunks
+        logp, entropy = by_length(lambda b: self.logprobs(self.policy, b, True), batch, chunks)
+        logp_ref = by_length(lambda b: self.logprobs(self.reference, b), batch, chunks)
+        values = by_length(self.value_model, batch, chunks)
         timings["scoring"] = time.perf_counter() - start
         kl = kl_penalty(logp, logp_ref, "k1") * mask            # logged; the reward's penalty
         kl_coef = self.kl_controller.value if cfg.kl_in == "reward" else 0.0
@@ -453,23 +490,31 @@ class PPOTrainer:
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(ro.batch.texts), generator=self.generator).to(self.device)
             for idx in order.split(cfg.minibatch_size):
-                minibatch = take(ro.batch, idx)
-                logp = self.logprobs(self.policy, minibatch)       # one forward of the policy
-                pg_loss, clipfrac, approx_kl = policy_loss(logp, ro.logp[idx], ro.advantages[idx],
-                                                           mask[idx], cfg.clip_range)
-                vf_loss = value_loss(self.value_model(minibatch), ro.values[idx], ro.returns[idx],
-                                     mask[idx], cfg.clip_range_value)
-                loss = pg_loss + cfg.value_coef * vf_loss
-                if cfg.kl_in == "loss":                            # GRPO's KL term, see kl_loss
-                    loss = loss + self.kl_controller.value * kl_loss(
-                        logp, ro.logp_ref[idx], mask[idx], cfg.kl_estimator)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                totals = dict.fromkeys(stats, 0.0)
+                n_tokens = mask[idx].sum()
+                for rows, width in length_chunks(ro.batch, idx, cfg.length_chunks):
+                    # a chunk's masked means, weighted by its share of the minibatch's tokens,
+                    # add up to the minibatch's: the gradient is that of one pass
+                    minibatch, m = take(ro.batch, rows, width), mask[rows, :width]
+                    share = m.sum() / n_tokens
+                    logp = self.logprobs(self.policy, minibatch)     # one forward of the policy
+                    pg_loss, clipfrac, approx_kl = policy_loss(
+                        logp, ro.logp[rows, :width], ro.advantages[rows, :width], m, cfg.clip_range)
+                    vf_loss = value_loss(self.value_model(minibatch), ro.values[rows, :width],
+                                         ro.returns[rows, :width], m, cfg.clip_range_value)
+                    loss = pg_loss + cfg.value_coef * vf_loss
+                    if cfg.kl_in == "loss":                          # GRPO's KL term, see kl_loss
+                        loss = loss + self.kl_controller.value * kl_loss(
+                            logp, ro.logp_ref[rows, :width], m, cfg.kl_estimator)
+                    (share * loss).backward()
+                    for key, value in zip(stats, (pg_loss, vf_loss, clipfrac, approx_kl)):
+                        totals[key] += float(share) * value.item()
                 if cfg.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
-                for key, value in zip(stats, (pg_loss, vf_loss, clipfrac, approx_kl)):
-                    stats[key].append(value.item())
+                for key in stats:
+                    stats[key].append(totals[key])
         return {key: sum(v) / len(v) for key, v in stats.items()}
 
     # --- log ----------------------------------------------------------------------------------
