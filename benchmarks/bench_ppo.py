@@ -1,17 +1,21 @@
 """PPO speed: episodes per second, and seconds per phase (generation, scoring, update).
 
     python benchmarks/bench_ppo.py [--iterations 10] [--batch-size 64] [--max-new-tokens 20]
-                                   [--ppo-epochs 4] [--minibatch-size 32] [--reward-model DIR]
+                                   [--ppo-epochs 4] [--minibatch-size 64] [--reward-model DIR]
+                                   [--threads N] [--compare-trl]
 
 The setting of the issue's comparison: the default base model, 64 prompts a batch, completions
-of up to 20 tokens, 4 PPO epochs, a reward model the size of the base model. (TRL's last PPO
-trainer, trl 1.12, does about 58 episodes/s in this setting on a 2-core CPU.) Without
+of up to 20 tokens, 4 PPO epochs, a reward model the size of the base model. Without
 ``--reward-model`` a reward model with an untrained head stands in: the cost of scoring does not
-depend on what the reward model has learned. Wall-clock figures on a shared machine are inflated;
-the CPU seconds this process used are printed too (with one thread, episodes per CPU-second is
-about what an idle core would do). ``--compare-trl`` also runs TRL 1.12's PPOTrainer (``pip install
-trl==1.12.0``; it was removed in 1.13) in the same setting, on the same models, right after ours, so
-the ratio holds even on a busy machine.
+depend on what the reward model has learned. Wall-clock figures on a shared machine are
+inflated; the CPU seconds this process used are printed too (with one thread, episodes per
+CPU-second is about what an idle core would do).
+
+``--compare-trl`` also runs TRL 1.12's PPOTrainer (it was removed in TRL 1.13) in the same
+setting, on the same models, right after ours, and prints the ratio: the only speed comparison
+that holds, measured side by side in one run. TRL 1.12 need not replace the TRL you have:
+``pip install --no-deps --target /tmp/trl112 trl==1.12.0`` and run with
+``PYTHONPATH=/tmp/trl112``.
 """
 import argparse
 import os
@@ -25,7 +29,8 @@ from rlhf_lite.reward_model import RewardModel
 from rlhf_lite.world import World
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--iterations", type=int, default=10, help="timed PPO iterations (after one warm-up)")
+parser.add_argument("--iterations", type=int, default=10,
+                    help="timed PPO iterations (after one warm-up)")
 parser.add_argument("--batch-size", type=int, default=64)
 parser.add_argument("--max-new-tokens", type=int, default=20)
 parser.add_argument("--ppo-epochs", type=int, default=4)
@@ -33,8 +38,10 @@ parser.add_argument("--minibatch-size", type=int, default=PPOConfig.minibatch_si
 parser.add_argument("--reward-model", default=None, help="a folder RewardModel.save wrote")
 parser.add_argument("--runs-dir", default="runs", help="where the base model is cached")
 parser.add_argument("--device", default=None)
-parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-parser.add_argument("--compare-trl", action="store_true", help="also time TRL 1.12's PPOTrainer (needs trl==1.12.0)")
+parser.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's)")
+parser.add_argument("--compare-trl", action="store_true",
+                    help="also time TRL 1.12's PPOTrainer (needs trl==1.12.0, see above)")
 args = parser.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)

@@ -29,7 +29,7 @@ import time
 import torch
 
 from .models import completion_logprobs, generate
-from .stats import win_rate
+from .stats import bootstrap_mean, win_rate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,8 +179,8 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
 
     prompts: (B,); candidates: (B, N) texts from ``sample_candidates``; reward: the proxy;
     gold_fn: ``(prompts, completions) -> floats``, e.g. ``world.gold_many`` (only measured).
-    Returns {"n", "kl", "d", "proxy", "gold", "win_rate"}: lists, one value per n (means over
-    prompts). win_rate is P(gold of best-of-n > gold of a plain sample), ties 1/2, where the
+    Returns {"n", "kl", "d", "proxy", "gold", "win_rate", "win_rate_ci95"}: lists, one value
+    per n (means over prompts; the interval bootstrapped over prompts). win_rate is P(gold of best-of-n > gold of a plain sample), ties 1/2, where the
     plain sample must be a draw *outside* the n that best-of-n chose from: the n - 1 it beat
     on the proxy are not fair opponents (they were picked against). With the pool ranked by
     the proxy and sample i the best of its subset S, an opponent j above i is always outside
@@ -207,7 +207,7 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
     below = above.T
     beats_above, beats_below = (beats * above).sum(2), (beats * below).sum(2)   # (B, N)
     rank = torch.arange(N, dtype=torch.float64).clamp(min=1)
-    curve = {"n": [], "kl": [], "d": [], "proxy": [], "gold": [], "win_rate": []}
+    curve = {"n": [], "kl": [], "d": [], "proxy": [], "gold": [], "win_rate": [], "win_rate_ci95": []}
     for n in ns:
         w = best_of_n_weights(N, n)
         curve["n"].append(n)
@@ -217,9 +217,12 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
         curve["gold"].append(float((gold_sorted * w).sum(1).mean()))
         if n < N:
             win = (beats_above + (1 - (n - 1) / rank) * beats_below) / (N - n)
-            curve["win_rate"].append(float((win * w).sum(1).mean()))
+            estimate = bootstrap_mean((win * w).sum(1).tolist(), list(range(B)))  # over prompts
+            curve["win_rate"].append(estimate.value)
+            curve["win_rate_ci95"].append(estimate.ci95)
         else:
             curve["win_rate"].append(float("nan"))
+            curve["win_rate_ci95"].append([float("nan"), float("nan")])
     return curve
 
 

@@ -266,7 +266,8 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 24, temperature: f
         result = model(input_ids=tokens, attention_mask=mask, position_ids=pos,
                        past_key_values=past, use_cache=True)
         past = result.past_key_values
-        logp_all = next_token_logits(result.logits[:, -1], temperature, not_text, top_k).log_softmax(-1)
+        logits = next_token_logits(result.logits[:, -1], temperature, not_text, top_k)
+        logp_all = logits.log_softmax(-1)
         token = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
         token = torch.where(done, torch.full_like(token, pad), token)
         out_logp.append(logp_all.gather(1, token[:, None]).squeeze(1).masked_fill(done, 0.0))
@@ -316,7 +317,8 @@ def completion_logprobs(model, batch: Completions, temperature: float = 1.0,
     logits = next_token_logits(logits[:, :-1], temperature, batch.not_text, batch.top_k)
     logp_all = F.log_softmax(logits, -1)
     real = batch.completion_mask.bool()
-    logp = logp_all.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1).masked_fill(~real, 0.0)
+    logp = logp_all.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+    logp = logp.masked_fill(~real, 0.0)
     if not return_entropy:
         return logp
     probs = logp_all.exp()

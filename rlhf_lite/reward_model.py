@@ -368,7 +368,8 @@ def shortfall_by_style(world, labeler, comparisons, r_chosen, r_rejected) -> lis
     """Where the accuracy falls short of the noise ceiling, by the styles of the two answers.
 
     One row per pair of styles (``world.style``, in alphabetical order): ``pairs``, the
-    ``accuracy`` against the labels and the ``ceiling`` on those pairs, and ``points``: how many
+    ``accuracy`` against the labels (``accuracy_ci95``: its Wilson interval) and the ``ceiling``
+    on those pairs, and ``points``: how many
     points of the overall gap (ceiling - accuracy, over all pairs with a preference) they account
     for. The rows' points add up to that gap; the largest first.
     """
@@ -383,6 +384,7 @@ def shortfall_by_style(world, labeler, comparisons, r_chosen, r_rejected) -> lis
         accuracy = preference_accuracy(r_chosen[idx], r_rejected[idx])
         ceiling = noise_ceiling(labeler, [comparisons[i] for i in idx])
         rows.append(dict(styles=styles, pairs=len(idx), accuracy=accuracy, ceiling=ceiling,
+                         accuracy_ci95=list(stats.wilson_interval(accuracy * len(idx), len(idx))),
                          points=100 * len(idx) * (ceiling - accuracy) / total))
     return sorted(rows, key=lambda r: -r["points"])
 
