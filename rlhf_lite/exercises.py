@@ -140,7 +140,8 @@ def _gae_cases():
     last = "after an episode's last real token there is no next state: V_{T+1} = 0"
     return [
         Case("a worked example (gamma 0.9, lam 0.8)", (*example, 0.9, 0.8),
-             "delta_t = r_t + gamma V_{t+1} - V_t; A_t = delta_t + gamma lam A_{t+1}; "
+             "delta_t = r_t + gamma V_{t+1} - V_t, with V_{t+1} = 0 after the last real token "
+             "(episode 1 ends at t = 1: its 3.0 is padding); A_t = delta_t + gamma lam A_{t+1}; "
              "R_t = A_t + V_t"),
         Case("full-length episodes (gamma 1, lam 0.95)", (*full, 1.0, 0.95),
              "the last token too: " + last, general=True),
