@@ -452,7 +452,7 @@ def use(name: str, fn) -> Callable:
     right, stub, text = _verdict(name, fn)
     print(text)
     if right:
-        print("The lesson trains with yours from here on.")
+        print("The lesson uses yours from here on.")
         return fn
     if not stub:
         print(f"The lesson goes on with the package's version ({_exercise(name).where}) "

@@ -208,7 +208,7 @@ def test_errors_in_place_changes_and_missing_gradients_are_reported_not_raised(c
 def test_use_gives_yours_when_right_else_the_package_s(capsys):
     mine = Spy(reference("gae"))
     assert use("gae", mine) is mine
-    assert "The lesson trains with yours" in capsys.readouterr().out
+    assert "The lesson uses yours from here on." in capsys.readouterr().out
     assert use("gae", gae_skips_the_last_token) is reference("gae")
     assert "goes on with the package's version (rlhf_lite.ppo.gae)" in capsys.readouterr().out
     assert use("gae", stub) is reference("gae")
