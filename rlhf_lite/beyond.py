@@ -147,7 +147,8 @@ def best_of_n(model, tokenizer, prompts, n: int, reward, max_new_tokens: int = 2
     scores = flat.view(len(prompts), n)
     texts = list(pick(candidates, scores))
     kept = torch.tensor([row.index(t) for row, t in zip(candidates, texts)])
-    return BestOfN(list(prompts), texts, scores.gather(1, kept[:, None]).squeeze(1), candidates, scores)
+    kept_scores = scores.gather(1, kept[:, None]).squeeze(1)
+    return BestOfN(list(prompts), texts, kept_scores, candidates, scores)
 
 
 def empirical_bon_kl(prompts, candidates, reward, ns) -> list[float]:

@@ -363,7 +363,8 @@ class PPOTrainer:
     """
 
     def __init__(self, policy, tokenizer, reward, prompts, config: PPOConfig | None = None,
-                 gold_fn=None, rewards_fn=per_token_rewards, advantages_fn=gae, policy_loss_fn=None):
+                 gold_fn=None, rewards_fn=per_token_rewards, advantages_fn=gae,
+                 policy_loss_fn=None):
         self.config = config = config or PPOConfig()
         # the pieces a learner can swap for their own, checked by rlhf_lite.exercises.use
         self.rewards_fn, self.advantages_fn = rewards_fn, advantages_fn
