@@ -10,6 +10,7 @@ One module a stage, each read top to bottom:
 - ``ppo`` (stage 3): PPO against a reward model or any reward function
 - ``dpo`` and ``beyond``: DPO, the SFT baseline, best-of-n, reward over-optimisation
 - ``pipeline``: every stage headless (``rlhf-lite pipeline``); ``plots``: the shared plots
+- ``exercises``: the lessons' exercises: ``check`` yours against the package's, then ``use`` it
 """
 from .world import CRITERIA, STYLES, Criteria, SimulatedLabeler, World, get_criteria
 from .models import (completion_logprobs, generate, get_base_model, load_model, pick_device,

@@ -121,22 +121,34 @@ class BestOfN:
         return bon_kl(self.n)
 
 
+def pick_best(candidates, scores) -> list[str]:
+    """Best-of-n's choice: for each prompt i the candidate with the highest score,
+
+        y_i = candidates[i][j*],   j* = argmax_j scores[i, j]     (the first of equal best)
+
+    candidates: B lists of n texts; scores: (B, n). Returns the B kept texts.
+    """
+    return [row[j] for row, j in zip(candidates, torch.as_tensor(scores).argmax(1).tolist())]
+
+
 @torch.no_grad()
 def best_of_n(model, tokenizer, prompts, n: int, reward, max_new_tokens: int = 24,
-              temperature: float = 1.0, seed: int = 0) -> BestOfN:
+              temperature: float = 1.0, seed: int = 0, pick=pick_best) -> BestOfN:
     """Sample n completions a prompt from ``model``, keep the one ``reward`` scores highest.
 
     reward: a ``RewardModel`` or a function ``(prompts, completions) -> floats``. With n = 1 it
     is plain sampling: the same texts as ``generate(model, tokenizer, prompts, seed=seed)``.
+    pick: ``pick_best`` or a learner's own (checked by ``rlhf_lite.exercises.use``).
     """
     if n < 1:
         raise ValueError(f"best-of-n needs n >= 1, got {n}")
     candidates = sample_candidates(model, tokenizer, prompts, n, max_new_tokens, temperature, seed)
     flat = score_texts(reward, [p for p in prompts for _ in range(n)], [t for row in candidates for t in row])
     scores = flat.view(len(prompts), n)
-    best = scores.argmax(1)
-    return BestOfN(list(prompts), [row[j] for row, j in zip(candidates, best.tolist())],
-                   scores.max(1).values, candidates, scores)
+    texts = list(pick(candidates, scores))
+    kept = torch.tensor([row.index(t) for row, t in zip(candidates, texts)])
+    kept_scores = scores.gather(1, kept[:, None]).squeeze(1)
+    return BestOfN(list(prompts), texts, kept_scores, candidates, scores)
 
 
 def empirical_bon_kl(prompts, candidates, reward, ns) -> list[float]:

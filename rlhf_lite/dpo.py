@@ -109,11 +109,14 @@ class DPOConfig:
     """None: CUDA when present, else the CPU."""
 
 
-def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = None, **overrides):
+def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = None, loss_fn=None,
+              **overrides):
     """Fine-tune a copy of ``base_model`` on ``comparisons`` (list of ``Comparison``) with DPO.
 
     The reference pi_ref is ``base_model`` itself, frozen; its log-probs are computed once.
     Keyword ``overrides`` change fields of ``config`` (e.g. ``beta=0.3``).
+    loss_fn: None (``dpo_loss``), or a function of ``dpo_loss``'s arguments that returns the loss
+    alone (a learner's own, checked by ``rlhf_lite.exercises.use``); the logged rewards stay ours.
     Returns (policy, history): history has one dict a step with loss, accuracy (share of pairs
     whose implicit reward ranks chosen above rejected), margin, chosen_reward, rejected_reward.
     """
@@ -148,6 +151,9 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
                                           [chosen[i] for i in idx] + [rejected[i] for i in idx])
                 loss, r_chosen, r_rejected = dpo_loss(logps[:len(idx)], logps[len(idx):],
                                                       ref_chosen[idx], ref_rejected[idx], config.beta)
+                if loss_fn is not None:
+                    loss = loss_fn(logps[:len(idx)], logps[len(idx):], ref_chosen[idx],
+                                   ref_rejected[idx], config.beta)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)

@@ -286,6 +286,34 @@ class AdaptiveKLController(FixedKLController):
 
 
 # ---------------------------------------------------------------------------------------------
+# Before PPO: the simplest policy gradient (lesson 3 has the learner write it)
+# ---------------------------------------------------------------------------------------------
+
+def reinforce_step(policy, optimizer, tokenizer, prompts, reward, max_new_tokens: int = 24,
+                   seed: int | None = None) -> torch.Tensor:
+    """One step of REINFORCE with a baseline (Williams 1992), the policy gradient PPO refines:
+
+        grad J = E[(R - b) grad log pi(y | x)],   log pi(y | x) = sum_t log pi(y_t | s_t)
+        L      = -1/B sum_i (R_i - b) log pi(y_i | x_i),        b = 1/B sum_i R_i
+
+    Sample one completion a prompt (``generate`` at temperature 1, seeded with ``seed``), score
+    it with ``reward(prompts, completions) -> floats`` (a RewardModel or any function), take one
+    ``optimizer`` step on L. The baseline b (the batch's mean reward) leaves the gradient's
+    expectation unchanged and cuts its variance. No critic, no KL penalty, no clipping, and each
+    batch is used once: PPO adds all four. Returns the rewards R, (B,).
+    """
+    batch = generate(policy, tokenizer, prompts, max_new_tokens, seed=seed)
+    rewards = torch.as_tensor(reward(batch.prompts, batch.texts), dtype=torch.float)
+    logp = completion_logprobs(policy, batch).sum(1)             # padding holds 0
+    advantages = rewards.to(logp.device) - rewards.mean().to(logp.device)
+    loss = -(advantages * logp).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return rewards
+
+
+# ---------------------------------------------------------------------------------------------
 # Value model and rewards
 # ---------------------------------------------------------------------------------------------
 
@@ -392,14 +420,21 @@ class PPOTrainer:
     reward: a ``RewardModel`` (has ``score_completions``) or any function
         ``reward_fn(prompts, completions) -> floats``, e.g. ``lambda p, c: world.gold_many(p, c)``.
     gold_fn: optional ``(prompts, completions) -> floats``, logged only, never trained on.
+    rewards_fn, advantages_fn: r_t and (A_t, R_t) from the arguments of ``per_token_rewards``
+        and ``gae`` (the defaults); policy_loss_fn: the clipped loss alone from the arguments of
+        ``policy_loss`` (None: ``policy_loss``; its clip fraction and approx-KL are always logged).
 
     The trainer trains a copy of ``policy`` (``trainer.policy``); ``trainer.reference`` is a
     frozen copy of the model as given, so the caller's model stays the base model.
     """
 
     def __init__(self, policy, tokenizer, reward, prompts, config: PPOConfig | None = None,
-                 gold_fn=None):
+                 gold_fn=None, rewards_fn=per_token_rewards, advantages_fn=gae,
+                 policy_loss_fn=None):
         self.config = config = config or PPOConfig()
+        # the pieces a learner can swap for their own, checked by rlhf_lite.exercises.use
+        self.rewards_fn, self.advantages_fn = rewards_fn, advantages_fn
+        self.policy_loss_fn = policy_loss_fn
         if not prompts:
             raise ValueError("PPOTrainer needs a non-empty list of training prompts")
         if not (is_reward_model(reward) or callable(reward)):
@@ -471,10 +506,10 @@ class PPOTrainer:
         timings["scoring"] = time.perf_counter() - start
         kl = kl_penalty(logp, logp_ref, "k1") * mask            # logged; the reward's penalty
         kl_coef = self.kl_controller.value if cfg.kl_in == "reward" else 0.0
-        rewards = per_token_rewards(scores, kl, mask, kl_coef)
+        rewards = self.rewards_fn(scores, kl, mask, kl_coef)
         if cfg.whiten_rewards:                                   # TRL's whiten_rewards
             rewards = whiten(rewards, mask, shift_mean=False)
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages, returns = self.advantages_fn(rewards, values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:                                # Huang et al. 2024
             advantages = whiten(advantages, mask)
         return Rollout(batch, logp, logp_ref, entropy, values, scores, raw, kl, rewards, advantages, returns)
@@ -499,8 +534,11 @@ class PPOTrainer:
                     minibatch, m = take(ro.batch, rows, width), mask[rows, :width]
                     share = m.sum() / n_tokens
                     logp = self.logprobs(self.policy, minibatch)     # one forward of the policy
-                    pg_loss, clipfrac, approx_kl = policy_loss(
-                        logp, ro.logp[rows, :width], ro.advantages[rows, :width], m, cfg.clip_range)
+                    old_logp, advantages = ro.logp[rows, :width], ro.advantages[rows, :width]
+                    pg_loss, clipfrac, approx_kl = policy_loss(logp, old_logp, advantages, m,
+                                                               cfg.clip_range)
+                    if self.policy_loss_fn is not None:           # a learner's own loss trains
+                        pg_loss = self.policy_loss_fn(logp, old_logp, advantages, m, cfg.clip_range)
                     vf_loss = value_loss(self.value_model(minibatch), ro.values[rows, :width],
                                          ro.returns[rows, :width], m, cfg.clip_range_value)
                     loss = pg_loss + cfg.value_coef * vf_loss

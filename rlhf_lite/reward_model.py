@@ -266,7 +266,7 @@ def normalize_rewards(reward_model, base_model, tokenizer, prompts, n_samples: i
 def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1, epochs: int = 3,
                        lr: float = 2e-3, batch_size: int = 32, weight_decay: float = 0.0,
                        margin: float = 0.0, max_new_tokens: int = 24, seed: int = 0,
-                       device: str | None = None):
+                       device: str | None = None, loss_fn=bradley_terry_loss):
     """Train r(x, y) on judged pairs by minimising the Bradley-Terry loss; returns
     (reward_model, history).
 
@@ -277,6 +277,8 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     epochs, lr, batch_size: AdamW with a short warm-up and a cosine decay; the defaults
         (3 epochs, 2e-3, 32 pairs) fit the tiny base model; a bigger model wants ~1e-5 to 1e-4.
     margin: see ``bradley_terry_loss``.
+    loss_fn: the training loss, called as ``bradley_terry_loss`` is (a learner's own, checked by
+        ``rlhf_lite.exercises.use``); the held-out loss stays ``bradley_terry_loss``.
     max_new_tokens: length of the base-model samples used for the normalisation
         (``world.max_new_tokens``); the prompts are those of the training pairs.
 
@@ -306,7 +308,7 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
         # --- one pass over the training pairs
         for rows in torch.randperm(len(train), generator=generator).to(device).split(batch_size):
             r_chosen, r_rejected = _pair_forward(reward_model, ids, mask, rows)
-            loss = bradley_terry_loss(r_chosen, r_rejected, tie[rows], both_bad[rows], margin)
+            loss = loss_fn(r_chosen, r_rejected, tie[rows], both_bad[rows], margin)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(reward_model.parameters(), 1.0)
