@@ -87,3 +87,29 @@ def plot_curves(curves: dict, title: str = "", xlabel: str = "step", ax=None, sm
     if len(curves) > 1:
         ax.legend()
     return ax
+
+
+def plot_tastes(tastes: dict, ax=None, features=None):
+    """Tastes side by side ({name: ``taste.Taste``}): each feature's weight with its 95% interval,
+    one colour a taste; a taste left at its preset (too few labels) is drawn hollow."""
+    import numpy as np
+    features = list(features or next(iter(tastes.values())).weights)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.45 * len(features) * max(1, len(tastes) / 2) + 1))
+    height = 0.8 / len(tastes)
+    for i, (name, taste) in enumerate(tastes.items()):
+        y = np.arange(len(features)) + (i - (len(tastes) - 1) / 2) * height
+        weights = [taste.weights[k] for k in features]
+        half = [1.96 * taste.std[k] for k in features]
+        fitted = getattr(taste, "fitted", True)
+        bars = ax.barh(y, weights, height, xerr=half, capsize=2, error_kw=dict(lw=0.8),
+                       label=name if fitted else f"{name} (preset: too few labels)",
+                       fill=fitted, edgecolor=f"C{i}", color=f"C{i}")
+        bars.errorbar.lines[2][0].set_color("gray")
+    ax.set_yticks(range(len(features)), features)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("weight: utility per unit of the feature (bars: 95% interval)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return ax
