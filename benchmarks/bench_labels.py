@@ -2,15 +2,19 @@
 
     python benchmarks/bench_labels.py [--ppo-steps 40] [--pairs 1000] [--labels 40] [--threads 1]
 
-Three runs of ``run_pipeline`` from the same base model (seed 0): the default ``helpful``
-pipeline (simulated labelers), and ``--labels`` runs for two scripted learners who each label
+Four runs of ``run_pipeline`` from the same base model (seed 0): the default ``helpful``
+pipeline (simulated labelers), and ``--labels`` runs for three scripted learners who each label
 lesson 1's first ``--labels`` pairs by hand (``draw_pairs(..., n_pairs=1200, seed=0)``, the
 widget's pairs):
 
 - "shorter": always prefers the shorter answer (in words); of two the same length, the one the
   helpful judge prefers (a tie when it sees none);
 - "friendlier": prefers the answer with more friendly words (the judge's ``friendly``); of two
-  as friendly, the one the helpful judge prefers.
+  as friendly, the one the helpful judge prefers;
+- "plainer": the opposite on tone: fewer friendly words first, then the helpful judge.
+
+The helpful pipeline's policy is itself friendly (PPO finds that the friendly templates pay under
+``helpful``), so "plainer" is the contrast that shows the labels steering the tone.
 
 Prints each learner's fitted taste (weights and 95% intervals, leave-one-out accuracy), then for
 each run: the mean answer length and mean ``friendly`` feature of the final policy on held-out
@@ -37,7 +41,8 @@ def scripted_learner(world, feature: str, sign: float):
     """choose(prompt, left, right) -> "A", "B" or "tie": the answer with more of sign * feature,
     then the one the helpful judge prefers."""
     def choose(prompt, left, right):
-        key = [(sign * world.features(prompt, t)[feature], world.gold(prompt, t)) for t in (left, right)]
+        key = [(sign * world.features(prompt, text)[feature], world.gold(prompt, text))
+               for text in (left, right)]
         return "A" if key[0] > key[1] else "B" if key[1] > key[0] else "tie"
     return choose
 
@@ -51,10 +56,11 @@ def label_by_hand(path, pairs, choose, criteria: str = "helpful") -> None:
                           for p, (left, right, swapped) in ((p[0], shown_sides(p)) for p in pairs)])
 
 
-def policy_answers(out, world, samples: int, seed: int = 1) -> dict:
-    """Mean length (words) and mean ``friendly`` feature of the policy in ``out``'s answers to the
-    held-out prompts."""
-    policy, tokenizer = load_model(os.path.join(out, "policy"))
+def policy_answers(out, world, samples: int, seed: int = 1, policy=None, tokenizer=None) -> dict:
+    """Mean length (words) and mean ``friendly`` feature of the policy in ``out`` (or ``policy``)
+    in its answers to the held-out prompts."""
+    if policy is None:
+        policy, tokenizer = load_model(os.path.join(out, "policy"))
     prompts = [p for p in world.split_prompts()[1] for _ in range(samples)]
     texts = generate(policy, tokenizer, prompts, world.max_new_tokens, seed=seed).texts
     features = [world.features(p, t) for p, t in zip(prompts, texts)]
@@ -68,7 +74,7 @@ def main():
     parser.add_argument("--labels", type=int, default=40, help="pairs each scripted learner labels")
     parser.add_argument("--samples", type=int, default=8, help="answers per held-out prompt")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=None, help="folder for the runs (default: a temporary one)")
+    parser.add_argument("--out", default=None, help="folder of the runs (default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = args.out or tempfile.mkdtemp(prefix="bench_labels-")
@@ -76,7 +82,8 @@ def main():
     model, tokenizer, _, _ = get_base_model(world, runs_dir=RUNS)
     hand = draw_pairs(world, model, tokenizer, n_pairs=1200, seed=0)[:args.labels]
     learners = {"shorter": scripted_learner(world, "length", -1.0),
-                "friendlier": scripted_learner(world, "friendly", +1.0)}
+                "friendlier": scripted_learner(world, "friendly", +1.0),
+                "plainer": scripted_learner(world, "friendly", -1.0)}
     runs = {"helpful": None}
     for name, choose in learners.items():
         runs[name] = os.path.join(out, f"{name}.jsonl")
@@ -85,23 +92,28 @@ def main():
     results = {}
     for name, labels in runs.items():
         start = time.perf_counter()
-        metrics = run_pipeline(os.path.join(out, name), seed=0, pairs=args.pairs, ppo_steps=args.ppo_steps,
-                               cache_dir=RUNS, labels=labels, progress=False)
+        metrics = run_pipeline(os.path.join(out, name), seed=0, pairs=args.pairs, labels=labels,
+                               ppo_steps=args.ppo_steps, cache_dir=RUNS, progress=False)
         results[name] = dict(metrics=metrics, seconds=time.perf_counter() - start,
                              **policy_answers(os.path.join(out, name), world, args.samples))
 
-    print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}, cores: {os.cpu_count()}, "
-          f"threads: {args.threads}; {args.pairs} pairs, {args.ppo_steps} PPO steps; runs in {out}")
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average: {load}, cores: {os.cpu_count()}, threads: {args.threads}; "
+          f"{args.pairs} pairs, {args.ppo_steps} PPO steps; runs in {out}")
     for name in learners:
         print(f"\n'{name}' learner, {args.labels} labels:")
         print(fit_taste(world, read_labels(runs[name])[0], "helpful"))
+    base_model = policy_answers(None, world, args.samples, policy=model, tokenizer=tokenizer)
+    print(f"\nthe base model: length {base_model['length']:.2f}, "
+          f"friendly {base_model['friendly']:.2f}")
     base = results["helpful"]
-    print(f"\n{'run':>12} {'seconds':>8} {'length':>7} {'x helpful':>10} {'friendly':>9} {'x helpful':>10} "
-          f"{'win rate':>9} {'yours / stand-in':>17}")
+    print(f"\n{'run':>12} {'seconds':>8} {'length':>7} {'x helpful':>10} {'friendly':>9} "
+          f"{'x helpful':>10} {'win rate':>9} {'yours / stand-in':>17}")
     for name, r in results.items():
         labels = r["metrics"].get("labels", {})
         who = f"{labels['yours']} / {labels['stand_in']}" if labels else "-"
-        print(f"{name:>12} {r['seconds']:>8.0f} {r['length']:>7.2f} {r['length'] / base['length']:>10.2f} "
+        print(f"{name:>12} {r['seconds']:>8.0f} {r['length']:>7.2f} "
+              f"{r['length'] / base['length']:>10.2f} "
               f"{r['friendly']:>9.2f} {r['friendly'] / max(base['friendly'], 1e-9):>10.2f} "
               f"{r['metrics']['ppo']['gold_win_rate_vs_base']:>9.2f} {who:>17}")
 

@@ -28,7 +28,7 @@ SIMULATED_CLASS = {"Ada": ("helpful", 1.0), "Ben": ("concise", 1.0), "Chloe": ("
 """Simulated learners: name -> (the criteria they label by, their noise temperature T)."""
 
 
-def pool_labels(files) -> dict[str, tuple[list, str | None]]:
+def pool_labels(files) -> dict:
     """{learner: (their labels, the criteria they labeled by or None)} from label files (label
     stores or TRL JSON Lines, ``taste.read_labels``): a {name: path} dict, or paths named after
     their files (``alice.jsonl`` -> "alice"; the folder too when two files share a name)."""
@@ -41,13 +41,15 @@ def pool_labels(files) -> dict[str, tuple[list, str | None]]:
     return {name: read_labels(path) for name, path in files.items()}
 
 
-def simulated_class(world, pairs, learners=None, seed: int = 0) -> dict[str, tuple[list, str | None]]:
+def simulated_class(world, pairs, learners=None, seed: int = 0) -> dict:
     """A class of simulated learners (``SIMULATED_CLASS`` by default) who each label ``pairs``
     (the shared first pairs); the same shape as ``pool_labels``, criteria unknown (None)."""
     learners = SIMULATED_CLASS if learners is None else learners
-    return {name: (simulate_comparisons(SimulatedLabeler(world, criteria, temperature, seed=seed + i,
-                                                         name=name), pairs), None)
-            for i, (name, (criteria, temperature)) in enumerate(learners.items())}
+    pooled = {}
+    for i, (name, (criteria, temperature)) in enumerate(learners.items()):
+        labeler = SimulatedLabeler(world, criteria, temperature, seed=seed + i, name=name)
+        pooled[name] = (simulate_comparisons(labeler, pairs), None)
+    return pooled
 
 
 def agreement(pooled) -> list[dict]:
@@ -60,8 +62,8 @@ def agreement(pooled) -> list[dict]:
     for a, b in itertools.combinations(pooled, 2):
         shared = chosen[a].keys() & chosen[b].keys()
         same = sum(chosen[a][k] == chosen[b][k] for k in shared)
-        rows.append(dict(a=a, b=b, n=len(shared), agree=same / len(shared) if shared else float("nan"),
-                         ci95=wilson_interval(same, len(shared))))
+        rows.append(dict(a=a, b=b, n=len(shared), ci95=wilson_interval(same, len(shared)),
+                         agree=same / len(shared) if shared else float("nan")))
     return rows
 
 

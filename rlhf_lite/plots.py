@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _in_notebook() -> bool:
@@ -91,12 +92,12 @@ def plot_curves(curves: dict, title: str = "", xlabel: str = "step", ax=None, sm
 
 def plot_tastes(tastes: dict, ax=None, features=None):
     """Tastes side by side: {name: a ``taste.Taste`` (its weights with their 95% intervals; hollow
-    when left at its preset, too few labels) or a {feature: weight} dict (a preset: no interval)}."""
-    import numpy as np
+    when left at its preset, too few labels) or a {feature: weight} dict (a preset, no interval)}.
+    """
     first = next(iter(tastes.values()))
     features = list(features or getattr(first, "weights", first))
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 0.3 * len(features) * max(2, len(tastes)) + 1))
+        _, ax = plt.subplots(figsize=(7, 0.15 * len(features) * max(3, len(tastes)) + 1.5))
     height = 0.8 / len(tastes)
     for i, (name, taste) in enumerate(tastes.items()):
         y = np.arange(len(features)) + (i - (len(tastes) - 1) / 2) * height

@@ -22,7 +22,8 @@ The model is the simulated labelers' own (``world.SimulatedLabeler``), Bradley-T
 MAP: w minimises the negative log posterior, a convex function of w::
 
     z_i  = w . d_i / T
-    L(w) = -sum_i [t_i log sigmoid(z_i) + (1 - t_i) log sigmoid(-z_i)] + sum_k (w_k - w0_k)^2 / (2 s_k^2)
+    L(w) = -sum_i [t_i log sigmoid(z_i) + (1 - t_i) log sigmoid(-z_i)]
+           + sum_k (w_k - w0_k)^2 / (2 s_k^2)
     g(w) = -sum_i (t_i - sigmoid(z_i)) d_i / T + (w - w0) / s^2
     H(w) =  sum_i sigmoid(z_i) (1 - sigmoid(z_i)) d_i d_i^T / T^2 + diag(1 / s^2)
 
@@ -48,7 +49,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import os
 
 import numpy as np
@@ -73,7 +73,8 @@ they must say so loudly. Lengths are per word, and answers differ by several wor
 
 # x_k(y) is the utility of y under a criteria that weighs feature k alone: exactly what
 # Criteria.utility reads (caps included), so the fitted criteria's utility is w . x.
-_UNIT = {k: Criteria(k, {k: 1.0}, target_length=0, length_cost=0.0, guidelines="") for k in FEATURES}
+_UNIT = {k: Criteria(k, {k: 1.0}, target_length=0, length_cost=0.0, guidelines="")
+         for k in FEATURES}
 
 
 def answer_features(world, prompt: str, text: str, target_length: int) -> np.ndarray:
@@ -95,12 +96,13 @@ def fit_weights(d, t, w0, s, temperature: float = 1.0, steps: int = 100):
     """(w_MAP, H^-1): the MAP weights and Laplace covariance for differences ``d`` (N, K) and
     targets ``t`` (N,), by Newton's method (the equations in the module docstring), each step
     halved until L falls (a full Newton step can overshoot where the labels are separable)."""
-    def loss(w):
+    def loss(w):   # -log sigmoid(z) = log(1 + e^-z), computed without overflow
         z = d @ w / temperature
-        return (t * np.logaddexp(0, -z) + (1 - t) * np.logaddexp(0, z)).sum() + (((w - w0) / s) ** 2).sum() / 2
+        labels = t * np.logaddexp(0, -z) + (1 - t) * np.logaddexp(0, z)
+        return labels.sum() + (((w - w0) / s) ** 2).sum() / 2
 
     def hessian(w):
-        p = 1.0 / (1.0 + np.exp(-(d @ w) / temperature))
+        p = np.exp(-np.logaddexp(0, -(d @ w) / temperature))   # sigmoid(z)
         return p, (d.T * (p * (1 - p))) @ d / temperature ** 2 + np.diag(1.0 / s ** 2)
 
     w = np.array(w0, dtype=float)
@@ -127,8 +129,8 @@ class Taste:
     """A labeler's taste fitted to their labels (or the preset, when they are too few).
 
     weights, std: per feature, w_MAP and sqrt((H^-1)_kk) (the prior's w0 and s when not fitted).
-    accuracy: held-out accuracy (leave-one-out, or 10 folds) on the ``accuracy_n`` labels with a preference, with its 95%
-    Wilson interval; preset_accuracy: the preset's on the same labels.
+    accuracy: held-out accuracy (leave-one-out, or 10 folds) on the ``accuracy_n`` labels with a
+    preference, with its 95% Wilson interval; preset_accuracy: the preset's on the same labels.
     """
     preset: Criteria
     weights: dict
@@ -153,22 +155,25 @@ class Taste:
         return Criteria(self.name, {k: self.weights[k] for k in FEATURES},
                         target_length=self.preset.target_length,
                         length_cost=-self.weights["length_past_target"],
-                        guidelines=f"Prefer as your {self.n_labels} labels did (strongest: {said}).")
+                        guidelines=f"Prefer as the {self.n_labels} labels did (strongest: {said}).")
 
     def interval(self, feature: str) -> tuple[float, float]:
         """The weight's 95% interval, w +- 1.96 std."""
-        return self.weights[feature] - 1.96 * self.std[feature], self.weights[feature] + 1.96 * self.std[feature]
+        w, std = self.weights[feature], self.std[feature]
+        return w - 1.96 * std, w + 1.96 * std
 
     def stand_in(self, world, temperature: float = 1.0, seed: int = 0) -> SimulatedLabeler:
         """The simulated labeler with this taste and the Bradley-Terry noise of temperature T."""
-        return SimulatedLabeler(world, self.criteria, temperature=temperature, seed=seed, name="stand-in")
+        return SimulatedLabeler(world, self.criteria, temperature=temperature, seed=seed,
+                                name="stand-in")
 
     def __str__(self) -> str:
         if not self.fitted:
             head = (f"{self.n_labels} labels are too few to fit a taste ({MIN_LABELS} needed): "
                     f"the stand-in labels by the {self.preset.name} preset")
         else:
-            head = f"{self.name}, fitted on {self.n_labels} labels (prior: the {self.preset.name} preset)"
+            head = (f"{self.name}, fitted on {self.n_labels} labels "
+                    f"(prior: the {self.preset.name} preset)")
         rows = [head, f"  {'feature':18}{'weight':>8}  {'95% interval':>16}{self.preset.name:>10}"]
         for k in TASTE_FEATURES:
             low, high = self.interval(k)
@@ -178,9 +183,9 @@ class Taste:
             how = "leave-one-out" if self.n_labels <= LEAVE_ONE_OUT else "10 folds"
             rows.append(_accuracy_line(f"predicts the held-out labels ({how})", self.accuracy,
                                        self.accuracy_ci95, self.accuracy_n))
-        if self.accuracy_n or not math.isnan(self.preset_accuracy):
-            rows.append(_accuracy_line(f"the {self.preset.name} preset predicts them", self.preset_accuracy,
-                                       self.preset_accuracy_ci95, self.accuracy_n))
+        rows.append(_accuracy_line(f"the {self.preset.name} preset predicts them",
+                                   self.preset_accuracy, self.preset_accuracy_ci95,
+                                   self.accuracy_n))
         return "\n".join(rows)
 
 
@@ -191,7 +196,8 @@ def _accuracy_line(what, accuracy, ci, n) -> str:
 
 
 def fit_taste(world, comparisons, preset="helpful", temperature: float = 1.0,
-              min_labels: int = MIN_LABELS, prior_std: dict = PRIOR_STD, name: str = "your taste") -> Taste:
+              min_labels: int = MIN_LABELS, prior_std: dict = PRIOR_STD,
+              name: str = "your taste") -> Taste:
     """Fit a labeler's taste to their ``comparisons`` (the module docstring has the maths).
 
     preset: the criteria they labeled by, the prior's centre. temperature: T, the stand-in's noise.
@@ -200,7 +206,8 @@ def fit_taste(world, comparisons, preset="helpful", temperature: float = 1.0,
     preset = get_criteria(preset)
     used = [c for c in comparisons if not c.both_bad]
     x = lambda c, text: answer_features(world, c.prompt, text, preset.target_length)  # noqa: E731
-    d = np.array([x(c, c.chosen) - x(c, c.rejected) for c in used]).reshape(-1, len(TASTE_FEATURES))
+    d = np.array([x(c, c.chosen) - x(c, c.rejected) for c in used])
+    d = d.reshape(-1, len(TASTE_FEATURES))
     t = np.array([0.5 if c.tie else 1.0 for c in used])
     prior = prior_centre(preset)
     w0, s = np.array(list(prior.values())), np.array([prior_std[k] for k in TASTE_FEATURES])
@@ -211,7 +218,8 @@ def fit_taste(world, comparisons, preset="helpful", temperature: float = 1.0,
                   preset_accuracy=preset_hits / n_decisive if n_decisive else float("nan"),
                   preset_accuracy_ci95=wilson_interval(preset_hits, n_decisive))
     if len(used) < min_labels:
-        return Taste(weights=dict(prior), std=dict(zip(TASTE_FEATURES, s.tolist())), fitted=False, **common)
+        return Taste(weights=dict(prior), std=dict(zip(TASTE_FEATURES, s.tolist())), fitted=False,
+                     **common)
     w, covariance = fit_weights(d, t, w0, s, temperature)
     # held out: each label with a preference predicted by the taste fitted without it
     folds = np.arange(len(used)) % (len(used) if len(used) <= LEAVE_ONE_OUT else 10)
@@ -222,8 +230,9 @@ def fit_taste(world, comparisons, preset="helpful", temperature: float = 1.0,
         margins += list(d[out & decisive] @ fitted)
     hits = _hits(margins)
     std = np.sqrt(np.diag(covariance))
-    return Taste(weights=dict(zip(TASTE_FEATURES, w.tolist())), std=dict(zip(TASTE_FEATURES, std.tolist())),
-                 fitted=True, accuracy=hits / n_decisive if n_decisive else float("nan"),
+    return Taste(weights=dict(zip(TASTE_FEATURES, w.tolist())),
+                 std=dict(zip(TASTE_FEATURES, std.tolist())), fitted=True,
+                 accuracy=hits / n_decisive if n_decisive else float("nan"),
                  accuracy_ci95=wilson_interval(hits, n_decisive), **common)
 
 
@@ -250,8 +259,8 @@ def read_labels(labels, labeler: str = "you") -> tuple[list[Comparison], str | N
         labels = LabelStore(path)
     events, comparisons = labels.current_labels(), labels.comparisons()
     mine = [(e, c) for e, c in zip(events, comparisons) if not e.get("simulated")]
-    criteria = collections.Counter(e.get("criteria") for e, _ in mine if e.get("criteria")).most_common(1)
-    return [c for _, c in mine], (criteria[0][0] if criteria else None)
+    criteria = collections.Counter(e["criteria"] for e, _ in mine if e.get("criteria"))
+    return [c for _, c in mine], (criteria.most_common(1)[0][0] if criteria else None)
 
 
 @dataclasses.dataclass

@@ -89,7 +89,8 @@ class LabelingWidget:
             f"<b>Which answer is better?</b> Criteria: <b>{html.escape(self.criteria.name)}</b>"
             f"<div style='background:#f3f6fa;border-left:4px solid #4a7ab5;padding:4px 8px;margin:4px 0'>"
             f"{html.escape(self.criteria.guidelines)}</div>")
-        self._progress_bar = widgets.IntProgress(min=0, max=self.hand_pairs, layout=widgets.Layout(width="40%"))
+        self._progress_bar = widgets.IntProgress(min=0, max=self.hand_pairs,
+                                                 layout=widgets.Layout(width="40%"))
         self._progress = widgets.HTML()
         self._prompt = widgets.HTML()
         panel = dict(border="1px solid #bbb", padding="6px 10px", width="50%", min_height="60px")
@@ -167,8 +168,8 @@ class LabelingWidget:
         if done == len(hand) and len(self.pairs) > len(hand):
             lines.append("Thank you! Going on is welcome: every label you give counts.")
         if rest:
-            lines.append(f"The other {rest:,} pairs get their labels from a stand-in with your taste "
-                         "when the next lesson reads them.")
+            lines.append(f"The other {rest:,} pairs get their labels from a stand-in with your "
+                         "taste when the next lesson reads them.")
         self._progress.value = "<br>".join("&nbsp;" + line for line in lines)
         current = self.current
         for button in self.buttons.values():

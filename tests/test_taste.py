@@ -27,7 +27,8 @@ def corpus_pairs(world, n, seed=0):
 
 
 def labels_of(world, criteria, pairs, seed=0, temperature=1.0):
-    return simulate_comparisons(SimulatedLabeler(world, criteria, temperature, seed=seed, name="you"), pairs)
+    labeler = SimulatedLabeler(world, criteria, temperature, seed=seed, name="you")
+    return simulate_comparisons(labeler, pairs)
 
 
 def utility_is_linear(world, criteria, weights, pairs, target_length):
@@ -43,7 +44,8 @@ def test_the_fitted_criteria_utility_is_exactly_the_fitted_linear_model(world):
     taste = fit_taste(world, labels_of(world, "concise", pairs[:200]), "helpful")
     assert taste.fitted
     criteria = taste.criteria
-    assert set(criteria.weights) == set(FEATURES) and criteria.target_length == CRITERIA["helpful"].target_length
+    assert set(criteria.weights) == set(FEATURES)
+    assert criteria.target_length == CRITERIA["helpful"].target_length
     utility_is_linear(world, criteria, taste.weights, pairs[200:], criteria.target_length)
     # and every preset is exactly its prior's centre, w0 . x: the prior is the preset itself
     for name, preset in CRITERIA.items():
@@ -51,16 +53,16 @@ def test_the_fitted_criteria_utility_is_exactly_the_fitted_linear_model(world):
 
 
 def test_many_labels_recover_the_labelers_weights_within_their_intervals(world):
-    truth = Criteria("truth", dict(correct=2.0, wrong=-2.5, rude=-1.5, friendly=1.0, evasive=-1.0,
-                                   on_topic=0.5, complete_sentence=0.0, length=-0.3, repetition=-1.0),
-                     target_length=10, length_cost=0.2, guidelines="")
+    weights = dict(correct=2.0, wrong=-2.5, rude=-1.5, friendly=1.0, evasive=-1.0, on_topic=0.5,
+                   complete_sentence=0.0, length=-0.3, repetition=-1.0)
+    truth = Criteria("truth", weights, target_length=10, length_cost=0.2, guidelines="")
     taste = fit_taste(world, labels_of(world, truth, corpus_pairs(world, 3000)), "helpful")
     expected = dict(truth.weights, length_past_target=-truth.length_cost)
     inside = [k for k in ("correct", "wrong", "rude", "friendly", "evasive", "length")
               if taste.interval(k)[0] <= expected[k] <= taste.interval(k)[1]]
     assert len(inside) >= 5, (taste, inside)
     assert abs(taste.weights["length"] - expected["length"]) < 0.1
-    assert taste.accuracy > taste.preset_accuracy    # it predicts this labeler better than the preset
+    assert taste.accuracy > taste.preset_accuracy     # it predicts them better than the preset
 
 
 def test_a_few_dozen_labels_give_a_stable_estimate_near_the_labelers_own(world):
@@ -68,9 +70,10 @@ def test_a_few_dozen_labels_give_a_stable_estimate_near_the_labelers_own(world):
     weighed against in each, with the labeler's -0.4 a word inside each interval; the estimates
     vary less than their intervals say, and more labels shrink the intervals."""
     pairs = corpus_pairs(world, 600, seed=1)
-    tastes = [fit_taste(world, labels_of(world, "concise", pairs[40 * i:40 * (i + 1)], seed=i), "helpful")
-              for i in range(5)]
-    assert all(t.fitted and t.weights["length"] < -0.15 for t in tastes), [t.weights["length"] for t in tastes]
+    tastes = [fit_taste(world, labels_of(world, "concise", pairs[40 * i:40 * (i + 1)], seed=i),
+                        "helpful") for i in range(5)]
+    lengths = [t.weights["length"] for t in tastes]
+    assert all(t.fitted for t in tastes) and max(lengths) < -0.15, lengths
     assert all(t.interval("length")[0] < -0.4 < t.interval("length")[1] for t in tastes)
     spread = np.std([t.weights["length"] for t in tastes])
     assert spread < np.mean([t.std["length"] for t in tastes])
@@ -101,16 +104,19 @@ def test_both_bad_is_left_out_and_ties_pull_towards_no_difference(world):
     ties = [Comparison(p, a, b, tie=True) for p, a, b in friendly_vs_plain]
     assert len(ties) >= 5
     with_ties = fit_taste(world, labels + ties, "helpful")
-    margin = lambda taste: np.mean([abs(np.dot([taste.weights[k] for k in TASTE_FEATURES],  # noqa: E731
-                                               answer_features(world, c.prompt, c.chosen, 10)
-                                               - answer_features(world, c.prompt, c.rejected, 10)))
-                                    for c in ties])
+    x = lambda text, c: answer_features(world, c.prompt, text, 10)  # noqa: E731
+    d = [x(c.chosen, c) - x(c.rejected, c) for c in ties]
+
+    def margin(taste):
+        return np.mean(np.abs(np.array(d) @ [taste.weights[k] for k in TASTE_FEATURES]))
+
     assert margin(with_ties) < margin(base)
     assert with_ties.accuracy_n == base.accuracy_n == 60          # ties are no prediction to score
 
 
 def test_leave_one_out_accuracy_comes_with_its_interval(world):
-    taste = fit_taste(world, labels_of(world, "concise", corpus_pairs(world, 80, seed=3)), "helpful")
+    labels = labels_of(world, "concise", corpus_pairs(world, 80, seed=3))
+    taste = fit_taste(world, labels, "helpful")
     low, high = taste.accuracy_ci95
     assert taste.accuracy_n == 80 and 0 <= low < taste.accuracy < high <= 1
     assert "n = 80" in str(taste) and "leave-one-out" in str(taste)
@@ -119,7 +125,8 @@ def test_leave_one_out_accuracy_comes_with_its_interval(world):
 def test_the_stand_in_labels_by_the_taste_with_the_same_noise(world):
     taste = fit_taste(world, labels_of(world, "concise", corpus_pairs(world, 100)), "helpful")
     stand_in = taste.stand_in(world, temperature=0.7, seed=3)
-    assert stand_in.criteria == taste.criteria and stand_in.temperature == 0.7 and stand_in.name == "stand-in"
+    assert stand_in.criteria == taste.criteria
+    assert (stand_in.temperature, stand_in.name) == (0.7, "stand-in")
     prompt, a, b = corpus_pairs(world, 1, seed=4)[0]
     w = np.array([taste.weights[k] for k in TASTE_FEATURES])
     d = answer_features(world, prompt, a, 10) - answer_features(world, prompt, b, 10)

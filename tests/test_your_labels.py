@@ -6,7 +6,8 @@ import json
 import pytest
 
 from rlhf_lite import SimulatedLabeler, generate
-from rlhf_lite.classroom import agreement, class_tastes, format_agreement, pool_labels, simulated_class
+from rlhf_lite.classroom import (agreement, class_tastes, format_agreement, pool_labels,
+                                 simulated_class)
 from rlhf_lite.cli import main
 from rlhf_lite.label_store import LabelStore, fill_unlabeled, shown_sides
 from rlhf_lite.preferences import pair_key, write_trl_jsonl
@@ -40,11 +41,13 @@ def test_the_next_stage_reads_your_labels_and_the_stand_in_fills_the_rest(tmp_pa
     label(store, pairs[:6], shorter(world))
     got = training_labels(path, world, pairs)
     assert (got.yours, got.stand_in, len(got.comparisons)) == (6, 194, 200)
-    assert [pair_key((c.prompt, c.chosen, c.rejected)) for c in got.comparisons] == [pair_key(p) for p in pairs]
+    keys = [pair_key((c.prompt, c.chosen, c.rejected)) for c in got.comparisons]
+    assert keys == [pair_key(p) for p in pairs]
     assert [c.labeler for c in got.comparisons[:6]] == ["you"] * 6
     assert {c.labeler for c in got.comparisons[6:]} == {"stand-in"}
     assert not got.taste.fitted and got.labeler.criteria.name == "concise"     # too few: the preset
-    assert str(got) == "200 comparisons: 6 are yours, 194 the stand-in's (it labels by the concise preset)"
+    assert str(got) == ("200 comparisons: 6 are yours, 194 the stand-in's "
+                        "(it labels by the concise preset)")
 
     # "Run All" is over; the learner labels 30 more, and skips one. The next read counts them.
     label(store, pairs[6:36], shorter(world))
@@ -103,7 +106,8 @@ def test_a_class_of_labelers(tmp_path, world, pairs):
     pooled = pool_labels([tmp_path / "alice.jsonl", tmp_path / "bob.jsonl"])
     assert list(pooled) == ["alice", "bob"]
     (row,) = agreement(pooled)
-    assert row["n"] == sum(shorter(world)(p[0], *shown_sides(p)[:2]) != "tie" for p in shared[10:30])
+    both = shared[10:30]
+    assert row["n"] == sum(shorter(world)(p[0], *shown_sides(p)[:2]) != "tie" for p in both)
     assert row["agree"] == 1.0                                # same rule, same choices
     assert class_tastes(world, pooled)["bob"].preset.name == "friendly"
 
@@ -132,7 +136,7 @@ BUDGET = dict(pairs=200, ppo_steps=10, heldout_samples=2, seed=0, progress=False
 def scripted_runs(base, world, tmp_path_factory, one_thread):
     """The default helpful pipeline, and the pipeline on the labels of a learner who prefers the
     shorter answer and of one who prefers the friendlier, each labeling the same 40 pairs;
-    returns {run: (metrics, mean length, mean friendly feature of the policy's held-out answers)}."""
+    returns {run: (metrics, mean length, mean friendly feature of its held-out answers)}."""
     import sys
     from conftest import REPO, RUNS
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -142,7 +146,8 @@ def scripted_runs(base, world, tmp_path_factory, one_thread):
 
     out = tmp_path_factory.mktemp("scripted")
     hand = draw_pairs(world, *base, n_pairs=40, seed=0)
-    runs = {"helpful": None, "shorter": out / "shorter.jsonl", "friendlier": out / "friendlier.jsonl"}
+    runs = {"helpful": None, "shorter": out / "shorter.jsonl",
+            "friendlier": out / "friendlier.jsonl"}
     label_by_hand(runs["shorter"], hand, scripted_learner(world, "length", -1.0))
     label_by_hand(runs["friendlier"], hand, scripted_learner(world, "friendly", +1.0))
     results = {}
@@ -169,5 +174,5 @@ def test_a_learner_who_prefers_short_answers_gets_a_terse_policy(scripted_runs):
 def test_a_learner_who_prefers_friendly_answers_gets_a_friendlier_policy(scripted_runs):
     friendlier = scripted_runs["friendlier"]
     assert friendlier[0]["labels"]["taste"]["friendly"] > 0.3       # above the helpful preset's
-    assert friendlier[2] > scripted_runs["base"][2] + 1.0            # the judge's friendly feature up
+    assert friendlier[2] > scripted_runs["base"][2] + 1.0       # the judge's friendly feature up
     assert friendlier[2] > scripted_runs["shorter"][2] + 1.0
