@@ -176,3 +176,24 @@ def test_a_learner_who_prefers_friendly_answers_gets_a_friendlier_policy(scripte
     assert friendlier[0]["labels"]["taste"]["friendly"] > 0.3       # above the helpful preset's
     assert friendlier[2] > scripted_runs["base"][2] + 1.0       # the judge's friendly feature up
     assert friendlier[2] > scripted_runs["shorter"][2] + 1.0
+
+
+def test_rlhf_lite_pipeline_labels_on_a_trl_file(base, world, tmp_path, capsys, one_thread):
+    """``rlhf-lite pipeline --labels FILE`` on TRL rows (all the learner's): metrics.json gains
+    ``labels``, and the pairs file holds the learner's rows and the stand-in's."""
+    from conftest import RUNS
+    from rlhf_lite.preferences import draw_pairs, simulate_comparisons
+
+    hand = draw_pairs(world, *base, n_pairs=12, seed=3)
+    mine = simulate_comparisons(SimulatedLabeler(world, "concise", seed=3), hand)
+    write_trl_jsonl(mine, tmp_path / "mine.jsonl")
+    out = tmp_path / "run"
+    assert main(["pipeline", "--out", str(out), "--cache-dir", str(RUNS), "--pairs", "40",
+                 "--ppo-steps", "1", "--labels", str(tmp_path / "mine.jsonl")]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    labels = metrics["labels"]
+    assert (labels["yours"], labels["stand_in"], labels["taste_fitted"]) == (12, 28, True)
+    assert set(labels["taste"]) >= {"correct", "friendly", "length", "rude"}
+    assert "12 are yours, 28 the stand-in's" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "comparisons.jsonl").read_text().splitlines()]
+    assert [(r["prompt"], r["chosen"]) for r in rows[:12]] == [(c.prompt, c.chosen) for c in mine]
