@@ -30,6 +30,20 @@ def device_name(text: str) -> str:
     return text
 
 
+def labels_file(text: str) -> str:
+    """A file of a learner's labels, read once here so that a bad one fails before any training."""
+    import os
+    from .taste import read_labels
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text!r} (give a label-store file, e.g. "
+                                         "notebooks/runs/lesson1/labels.jsonl, or TRL JSON Lines)")
+    try:
+        read_labels(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .ppo import PPOConfig
     parser = argparse.ArgumentParser(prog="rlhf-lite", description="RLHF on a laptop: the course's command line.")
@@ -45,8 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--device", type=device_name, default=None,
                           help="cpu, cuda or cuda:N (default: CUDA if present)")
     pipeline.add_argument("--task", choices=sorted(TASKS), default="trivia", help="the world's task (default trivia)")
-    pipeline.add_argument("--criteria", choices=sorted(CRITERIA), default="helpful",
-                          help="what the simulated labelers prefer (default helpful)")
+    pipeline.add_argument(
+        "--criteria", choices=sorted(CRITERIA), default=None,
+        help="what the simulated labelers prefer (default helpful); with --labels, the prior of "
+             "your taste (default: the criteria you labeled by)")
+    pipeline.add_argument(
+        "--labels", type=labels_file, default=None, metavar="FILE",
+        help="your labels (a label-store file, or TRL prompt/chosen/rejected JSON Lines): your "
+             "taste is fitted to them and a stand-in with that taste labels the rest")
     pipeline.add_argument("--pairs", type=positive_int, default=1000, help="labelled pairs (default 1000)")
     pipeline.add_argument("--ppo-steps", type=positive_int, default=PPOConfig.steps,
                           help=f"PPO iterations of {PPOConfig.batch_size} episodes (default {PPOConfig.steps})")
@@ -70,7 +90,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         metrics = run_pipeline(args.out, task=args.task, criteria=args.criteria, seed=args.seed, device=args.device,
                                pairs=args.pairs, ppo_steps=args.ppo_steps, cache_dir=args.cache_dir,
-                               pretrain_steps=args.pretrain_steps)
+                               pretrain_steps=args.pretrain_steps, labels=args.labels)
         print(json.dumps(metrics, indent=2))
         print(f"wrote {args.out}/metrics.json and the plots", file=sys.stderr)
     return 0

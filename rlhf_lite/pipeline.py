@@ -17,6 +17,11 @@ metrics.json::
           gold_win_rate_vs_base, gold_win_rate_vs_base_ci95, gold_win_rate_n,
           gold_win_rate_prompts}
 
+With ``labels`` (a learner's labels), your taste is fitted to them and a stand-in with that
+taste labels the rest of the pairs (``taste.training_labels``); gold is then the judge under
+your taste, and metrics.json gains ``labels: {yours, stand_in, taste: {feature: weight},
+taste_fitted}``.
+
 ``initial_*`` are the first PPO batch's means (the base model), ``final_*`` the last batch's;
 rewards are the reward model's normalised scores, gold the judge's utility under ``criteria``,
 KL in nats per completion. The reward model is judged on ``n_heldout_pairs`` fresh pairs whose
@@ -36,15 +41,16 @@ import matplotlib.pyplot as plt
 from .models import get_base_model, pick_device, save_model
 from .plots import LivePlot, plot_curves
 from .ppo import PLOT_METRICS, PPOConfig, PPOTrainer, gold_win_rate
-from .preferences import make_preference_dataset, write_trl_jsonl
+from .preferences import draw_pairs, make_preference_dataset, write_trl_jsonl
 from .reward_model import evaluate, train_reward_model
+from .taste import training_labels
 from .world import SimulatedLabeler, World, get_criteria
 
 
-def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int = 0,
+def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: int = 0,
                  device: str | None = None, pairs: int = 1000, ppo_steps: int = PPOConfig.steps,
                  cache_dir=None, pretrain_steps: int | None = None, heldout_samples: int = 16,
-                 heldout_pairs: int = 1000, progress: bool = True) -> dict:
+                 heldout_pairs: int = 1000, progress: bool = True, labels=None) -> dict:
     """Run every stage and write ``out`` (see the module docstring); returns the metrics.
 
     cache_dir: where the base model is cached (default ``out/runs``); give a shared folder
@@ -53,10 +59,13 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
     heldout_samples: samples per held-out prompt in the win-rate comparison.
     heldout_pairs: fresh pairs on held-out-fact prompts, labelled by the same labeler, that
         the reward model is judged on (it trains on all ``pairs``).
+    criteria: the simulated labelers' preset (default helpful); with ``labels``, the prior of
+        your taste (default: the criteria your labels were given under, else helpful).
+    labels: a file of your labels: a label-store file, or TRL prompt/chosen/rejected JSON Lines.
     """
     start = time.perf_counter()
     os.makedirs(out, exist_ok=True)
-    world, crit = World(task, seed), get_criteria(criteria)
+    world, crit = World(task, seed), get_criteria(criteria or "helpful")
     device = str(pick_device(device))
     stage_seconds = {}
 
@@ -70,10 +79,18 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
                                                  seed=seed, device=device, **kwargs)
     stage("pretrain", begun)
 
-    # --- 2. preference pairs, labelled by a simulated labeler
+    # --- 2. preference pairs, labelled by a simulated labeler (or yours, and a stand-in's)
     begun = time.perf_counter()
     labeler = SimulatedLabeler(world, crit, seed=seed)
-    comparisons = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=pairs, seed=seed)
+    if labels is None:
+        comparisons = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=pairs,
+                                              seed=seed)
+    else:
+        drawn = draw_pairs(world, model, tokenizer, pairs, seed=seed, distinct=False)
+        yours = training_labels(labels, world, drawn, preset=criteria, seed=seed)
+        comparisons, labeler, crit = yours.comparisons, yours.labeler, yours.labeler.criteria
+        if progress:
+            print(yours)
     write_trl_jsonl(comparisons, os.path.join(out, "comparisons.jsonl"))
     stage("pairs", begun)
 
@@ -128,6 +145,8 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
             "gold_win_rate_prompts": win_rate.groups,
         },
     }
+    if labels is not None:
+        metrics["labels"] = yours.metrics()
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     with open(os.path.join(out, "ppo_history.json"), "w") as f:

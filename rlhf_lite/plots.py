@@ -1,4 +1,4 @@
-"""Plots every lesson shares: a live training plot and a loss-curve helper (one of each).
+"""Plots every lesson shares: a live training plot, a loss-curve helper, and tastes side by side.
 
 ``LivePlot`` redraws one figure in place in a notebook as training goes (d2l's Animator idea);
 outside a notebook it only records, and ``save`` writes the final figure.
@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _in_notebook() -> bool:
@@ -86,4 +87,30 @@ def plot_curves(curves: dict, title: str = "", xlabel: str = "step", ax=None, sm
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend()
+    return ax
+
+
+def plot_tastes(tastes: dict, ax=None, features=None):
+    """Tastes side by side: {name: a ``taste.Taste`` (its weights with their 95% intervals; hollow
+    when left at its preset, too few labels) or a {feature: weight} dict (a preset, no interval)}.
+    """
+    first = next(iter(tastes.values()))
+    features = list(features or getattr(first, "weights", first))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.15 * len(features) * max(3, len(tastes)) + 1.5))
+    height = 0.8 / len(tastes)
+    for i, (name, taste) in enumerate(tastes.items()):
+        y = np.arange(len(features)) + (i - (len(tastes) - 1) / 2) * height
+        weights = getattr(taste, "weights", taste)
+        half = [1.96 * taste.std[k] for k in features] if hasattr(taste, "std") else None
+        fitted = getattr(taste, "fitted", True)
+        ax.barh(y, [weights[k] for k in features], height, xerr=half, capsize=2,
+                error_kw=dict(lw=0.8, ecolor="gray"), fill=fitted, edgecolor=f"C{i}", color=f"C{i}",
+                label=name if fitted else f"{name} (too few labels: the preset)")
+    ax.set_yticks(range(len(features)), features)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("weight: utility per unit of the feature (lengths: per word; bars: 95% interval)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     return ax
