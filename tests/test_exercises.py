@@ -244,7 +244,7 @@ def test_ppo_trains_with_the_learners_rewards_advantages_and_clipped_loss(world,
         assert use(name, spy) is spy
         spy.reset()
     config = PPOConfig(batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=8,
-                       normalize_reward=False)
+                       normalize_reward=False, length_chunks=1)   # one loss call a minibatch
     trainer = PPOTrainer(model, tokenizer, world.gold_many, world.prompts, config,
                          rewards_fn=spies["kl_penalised_rewards"], advantages_fn=spies["gae"],
                          policy_loss_fn=spies["clipped_policy_loss"])
