@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import random
+import re
 
 from .models import generate
 
@@ -126,13 +127,33 @@ def from_trl(rows, labeler: str = "imported") -> list[Comparison]:
 
 def write_trl_jsonl(comparisons, path) -> int:
     """Write ``to_trl(comparisons)`` as JSON Lines (what ``datasets.load_dataset("json", ...)``
-    and TRL read); returns the number of rows. Written to a temporary file, then renamed, so a
-    reader never sees half an export."""
+    and TRL read); returns the number of rows. Written to a temporary file, fsynced, then renamed,
+    so a reader never sees half an export, even after a crash. Refuses to overwrite a file of
+    label events (a ``LabelStore``'s)."""
     rows = to_trl(comparisons)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            if re.match(rb'\{"id": \d+, "event": "(label|skip|undo)"', f.read(200)):
+                raise ValueError(f"{path} holds label events (a LabelStore's file): the export "
+                                 "would overwrite those labels. Export to another file")
+    except FileNotFoundError:
+        pass
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     with open(f"{path}.tmp", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(f"{path}.tmp", path)
+    try:   # make the rename itself durable
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
     return len(rows)
 
 
