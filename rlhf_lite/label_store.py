@@ -19,7 +19,8 @@ import re
 
 from .label_file import (LabelFile, LabelStoreLockedError, LabelStoreWarning,  # noqa: F401
                          LabelStoreWriteError, close_all)
-from .preferences import Comparison, pair_key, write_trl_jsonl
+from .preferences import Comparison, pair_key
+from .trl_format import from_trl, read_trl_jsonl, write_trl_jsonl
 
 
 CHOICES = ("A", "B", "tie", "both_bad")
@@ -287,6 +288,26 @@ class LabelStore:
                           undoes=target["id"])], "undo")
         return target
 
+    def import_trl(self, source, labeler: str = "imported", tokenizer=None) -> list[dict]:
+        """Add the pairs of a TRL preference file (a path: ``read_trl_jsonl``) or of rows (a list
+        or a ``datasets.Dataset``: ``from_trl``) as labels by ``labeler``, in one durable write.
+        Each is recorded with the chosen answer on the left (choice "A", or "tie"/"both_bad" for
+        rows that say so) and ``swapped`` null: the sides were never shown. Pairs ``labeler``
+        already has a label for are not added again. As for any label, the latest human one of a
+        pair is in force: label after importing for your own labels to win. Returns the events
+        written."""
+        rows = (read_trl_jsonl(source, labeler, tokenizer) if isinstance(source, (str, os.PathLike))
+                else from_trl(source, labeler, tokenizer))
+        done = {pair_key((e["prompt"], e["left"], e["right"])) for e in self.current_labels()
+                if e["labeler"] == labeler}
+        new = []
+        for c in rows:
+            if pair_key((c.prompt, c.chosen, c.rejected)) not in done:
+                done.add(pair_key((c.prompt, c.chosen, c.rejected)))
+                new.append(dict(prompt=c.prompt, left=c.chosen, right=c.rejected, labeler=labeler,
+                                choice="tie" if c.tie else "both_bad" if c.both_bad else "A"))
+        return self.label_many(new)
+
     # --- what the labels say --------------------------------------------------------------------
 
     def done(self, labeler: str | None = None) -> set:
@@ -324,14 +345,17 @@ class LabelStore:
             e["labeler"] for e in self.current_labels()
             if keys is None or pair_key((e["prompt"], e["left"], e["right"])) in keys)
 
-    def export_trl(self, path) -> int:
-        """Write the comparisons in the TRL ``prompt``/``chosen``/``rejected`` format
-        (``write_trl_jsonl``). Refuses to write over the store's own file."""
+    def export_trl(self, path, ties: bool = False, both_bad: bool = False,
+                   layout: str = "standard") -> int:
+        """Write the comparisons in force as a TRL preference file (``write_trl_jsonl``: ties and
+        both-bad pairs are left out and counted unless ``ties``/``both_bad``); returns the rows
+        written. Refuses to write over the store's own file."""
         if os.path.exists(path) and os.path.samefile(path, self.path):
             raise ValueError(f"{os.fspath(path)} is this store's own label file: exporting there "
                              "would overwrite your labels. Export to another file, e.g. "
                              "preferences_trl.jsonl")
-        return write_trl_jsonl(self.comparisons(), path)
+        return write_trl_jsonl(self.comparisons(), path, ties=ties, both_bad=both_bad,
+                               layout=layout)
 
     def __len__(self) -> int:
         return len(self.current_labels())
