@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import random
@@ -40,6 +41,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .models import Completions, encode_completions, generate, pick_device, position_ids, seed_everything
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,16 +171,41 @@ class RewardModel(torch.nn.Module):
             json.dump({"mean": self.mean, "std": self.std}, f)
 
     @classmethod
-    def load(cls, path, device: str | None = None) -> "RewardModel":
+    def load(cls, path, device: str | None = None, base_model=None, prompts=None,
+             n_samples: int = 512, max_new_tokens: int = 24, seed: int = 0) -> "RewardModel":
+        """A reward model from a folder: one ``save`` wrote, or any sequence classifier with one
+        output and a ``score`` head, e.g. one TRL's RewardTrainer saved. Without
+        ``normalization.json`` its raw rewards have no known scale: they are then normalised on
+        ``n_samples`` samples of ``base_model`` (which shares the folder's tokenizer) on
+        ``prompts``, as ``train_reward_model`` does (``normalize_rewards``), with a message."""
         path = os.fspath(path)
-        if not os.path.isfile(os.path.join(path, "normalization.json")):
-            raise FileNotFoundError(f"{path!r} holds no saved reward model (no normalization.json); "
-                                    "give the folder RewardModel.save wrote (lesson 2: runs/lesson2/reward_model)")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"{path!r} holds no saved reward model (no config.json); give "
+                                    "the folder RewardModel.save (lesson 2: "
+                                    "runs/lesson2/reward_model) or a trainer's save_model wrote")
+        normalization = os.path.join(path, "normalization.json")
+        if not os.path.isfile(normalization) and (base_model is None or not prompts):
+            raise FileNotFoundError(
+                f"{path!r} has no normalization.json (a reward model trained elsewhere, e.g. by "
+                "TRL), so its rewards have no known scale. Pass base_model= (the causal LM it "
+                "started from, with the same tokenizer) and prompts= (e.g. "
+                "world.split_prompts()[0]) to normalise them on base-model samples")
         model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        with open(os.path.join(path, "normalization.json")) as f:
-            norm = json.load(f)
-        return cls(model.to(pick_device(device)).eval(), tokenizer, norm["mean"], norm["std"])
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        reward_model = cls(model.to(pick_device(device)).eval(), tokenizer)
+        if os.path.isfile(normalization):
+            with open(normalization) as f:
+                norm = json.load(f)
+            reward_model.mean, reward_model.std = float(norm["mean"]), float(norm["std"])
+            return reward_model
+        logger.warning("%s has no normalization.json: normalising its rewards on %d samples of "
+                       "the base model (mean 0, std 1), as train_reward_model does; save() "
+                       "keeps them", path, n_samples)
+        normalize_rewards(reward_model, base_model, tokenizer, prompts, n_samples, max_new_tokens,
+                          seed=seed)
+        return reward_model
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from rlhf_lite import STYLES, LabelStore
+from rlhf_lite import STYLES, LabelStore, RewardModel
 from rlhf_lite.label_store import left_choice_rate
-from rlhf_lite.models import encode_completions
+from rlhf_lite.models import encode_completions, generate
 from rlhf_lite.preferences import Comparison, read_trl_jsonl, write_trl_jsonl
 from rlhf_lite.trl_format import from_trl
 
@@ -193,3 +193,29 @@ def test_a_trl_file_imports_into_a_label_store_once(tmp_path, comparisons):
     rows = datasets.Dataset.from_json(str(path))
     other = LabelStore(tmp_path / "other.jsonl")
     assert len(other.import_trl(rows, labeler="team")) == len(comparisons)
+# --- a reward model trained by TRL loads as a RewardModel -----------------------------------------
+
+def test_a_reward_model_trained_by_trl_loads_and_is_normalised(tmp_path, bpe, comparisons, world,
+                                                               caplog):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    path = tmp_path / "preferences.jsonl"
+    write_trl_jsonl(comparisons, path)
+    reward_trainer(path, bpe, tmp_path / "trl").save_model(str(tmp_path / "trl_rm"))
+    with pytest.raises(FileNotFoundError, match="no normalization.json .* Pass base_model="):
+        RewardModel.load(tmp_path / "trl_rm")
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=len(bpe), n_positions=256, n_embd=32, n_layer=1,
+                                      n_head=2, eos_token_id=bpe.eos_token_id,
+                                      pad_token_id=bpe.pad_token_id)).eval()
+    prompts = world.prompts[:16]
+    with caplog.at_level(logging.WARNING, logger="rlhf_lite"):
+        reward_model = RewardModel.load(tmp_path / "trl_rm", base_model=base, prompts=prompts,
+                                        n_samples=64, max_new_tokens=8)
+    assert "has no normalization.json: normalising its rewards on 64 samples of the base " \
+        "model" in caplog.text
+    batch = generate(base, reward_model.tokenizer, [prompts[i % 16] for i in range(64)], 8, seed=0)
+    scores = reward_model.score_completions(batch)
+    assert abs(scores.mean().item()) < 1e-4 and abs(scores.std().item() - 1) < 1e-3
+    reward_model.save(tmp_path / "ours")                       # now with its normalization.json
+    again = RewardModel.load(tmp_path / "ours")
+    assert (again.mean, again.std) == pytest.approx((reward_model.mean, reward_model.std))
