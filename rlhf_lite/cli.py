@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--cache-dir", default=None,
                           help="where the base model is cached (default OUT/runs); "
                                "e.g. notebooks/runs to reuse the lessons'")
+    pipeline.add_argument("--tensorboard", metavar="DIR", default=None,
+                          help="write TensorBoard logs of every stage to DIR "
+                               "(view them with: tensorboard --logdir DIR)")
     return parser
 
 
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         metrics = run_pipeline(args.out, task=args.task, criteria=args.criteria, seed=args.seed, device=args.device,
                                pairs=args.pairs, ppo_steps=args.ppo_steps, cache_dir=args.cache_dir,
-                               pretrain_steps=args.pretrain_steps)
+                               pretrain_steps=args.pretrain_steps, tensorboard=args.tensorboard)
         print(json.dumps(metrics, indent=2))
         print(f"wrote {args.out}/metrics.json and the plots", file=sys.stderr)
     return 0

@@ -27,6 +27,7 @@ import time
 
 import matplotlib.pyplot as plt
 
+from .callbacks import TensorBoardWriter
 from .models import get_base_model, pick_device, save_model
 from .plots import LivePlot, plot_curves
 from .ppo import PLOT_METRICS, PPOConfig, PPOTrainer, gold_win_rate
@@ -38,19 +39,21 @@ from .world import SimulatedLabeler, World, get_criteria
 def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int = 0,
                  device: str | None = None, pairs: int = 1000, ppo_steps: int = PPOConfig.steps,
                  cache_dir=None, pretrain_steps: int | None = None, heldout_samples: int = 8,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, tensorboard=None) -> dict:
     """Run every stage and write ``out`` (see the module docstring); returns the metrics.
 
     cache_dir: where the base model is cached (default ``out/runs``); give a shared folder
         (e.g. ``notebooks/runs``) to skip pretraining when that model is there already.
     pretrain_steps: pretraining steps (default: ``get_base_model``'s).
     heldout_samples: samples per held-out prompt in the win-rate comparison.
+    tensorboard: a folder for TensorBoard logs of every stage (``callbacks.TensorBoardWriter``).
     """
     start = time.perf_counter()
     os.makedirs(out, exist_ok=True)
     world, crit = World(task, seed), get_criteria(criteria)
     device = str(pick_device(device))
     stage_seconds = {}
+    callbacks = [TensorBoardWriter(tensorboard)] if tensorboard else []
 
     def stage(name, begun):
         stage_seconds[name] = round(time.perf_counter() - begun, 2)
@@ -59,7 +62,8 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
     begun = time.perf_counter()
     kwargs = {} if pretrain_steps is None else {"steps": pretrain_steps}
     model, tokenizer, _, losses = get_base_model(world, runs_dir=cache_dir or os.path.join(out, "runs"),
-                                                 seed=seed, device=device, **kwargs)
+                                                 seed=seed, device=device, **kwargs,
+                                                 callbacks=callbacks)
     stage("pretrain", begun)
 
     # --- 2. preference pairs, labelled by a simulated labeler
@@ -72,7 +76,7 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
     # --- 3. the reward model
     begun = time.perf_counter()
     reward_model, rm_history = train_reward_model(model, tokenizer, comparisons, max_new_tokens=world.max_new_tokens,
-                                                  seed=seed, device=device)
+                                                  seed=seed, device=device, callbacks=callbacks)
     _, heldout_pairs = split_comparisons(comparisons, seed=seed)   # the split train_reward_model used
     rm_eval = evaluate(reward_model, heldout_pairs, world, labeler) if heldout_pairs else {}
     reward_model.save(os.path.join(out, "reward_model"))
@@ -85,13 +89,15 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
     config = PPOConfig(steps=ppo_steps, max_new_tokens=world.max_new_tokens, seed=seed)
     trainer = PPOTrainer(model, tokenizer, reward_model, train_prompts, config, gold_fn=gold_fn)
     plot = LivePlot(PLOT_METRICS, title=f"PPO on {task}, {crit.name} labelers", xlabel="episodes")
-    history = trainer.train(plot=plot, progress=progress)
+    history = trainer.train(plot=plot, progress=progress, callbacks=callbacks)
     win_rate = gold_win_rate(trainer.policy, model, tokenizer, heldout_prompts, gold_fn, heldout_samples,
                              world.max_new_tokens, config.temperature, seed=seed)
     save_model(trainer.policy, tokenizer, os.path.join(out, "policy"))
     stage("ppo", begun)
 
     # --- write metrics, logs and plots
+    for callback in callbacks:
+        callback.close()
     first, last = history[0], history[-1]
     metrics = {
         "seconds": round(time.perf_counter() - start, 2),

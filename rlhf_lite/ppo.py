@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .callbacks import log_step
 from .models import Completions, completion_logprobs, generate, position_ids
 
 
@@ -330,6 +331,7 @@ class PPOTrainer:
     The trainer trains a copy of ``policy`` (``trainer.policy``); ``trainer.reference`` is a
     frozen copy of the model as given, so the caller's model stays the base model.
     """
+    stage = "ppo"   # the name its callbacks and logs get
 
     def __init__(self, policy, tokenizer, reward, prompts, config: PPOConfig | None = None,
                  gold_fn=None):
@@ -472,14 +474,18 @@ class PPOTrainer:
         self.history.append(entry)
         return entry
 
-    def train(self, steps: int | None = None, plot=None, progress: bool = True) -> list[dict]:
-        """Run ``steps`` iterations (default ``config.steps``); ``plot``: a ``LivePlot`` to update."""
+    def train(self, steps: int | None = None, plot=None, progress: bool = True,
+              callbacks=()) -> list[dict]:
+        """Run ``steps`` iterations (default ``config.steps``); ``plot``: a ``LivePlot`` to update;
+        ``callbacks``: functions (stage, step, metrics) called after each iteration
+        (``callbacks.py``)."""
         for _ in (bar := tqdm(range(steps or self.config.steps), desc="PPO", disable=not progress)):
             entry = self.step()
             bar.set_postfix(reward=f"{entry['reward']:.2f}", kl=f"{entry['kl']:.2f}",
                             **({"gold": f"{entry['gold']:.2f}"} if entry["gold"] is not None else {}))
             if plot is not None:
                 plot.update(entry["episodes"], **{k: v for k, v in entry.items() if isinstance(v, float)})
+            log_step(callbacks, self.stage, self.iteration, entry)
         return self.history
 
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from .callbacks import log_step
 from .models import Completions, encode_completions, generate, pick_device, position_ids, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ def normalize_rewards(reward_model, base_model, tokenizer, prompts, n_samples: i
 def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1, epochs: int = 3,
                        lr: float = 2e-3, batch_size: int = 32, weight_decay: float = 0.0,
                        margin: float = 0.0, max_new_tokens: int = 24, seed: int = 0,
-                       device: str | None = None):
+                       device: str | None = None, callbacks=()):
     """Train r(x, y) on judged pairs by minimising the Bradley-Terry loss; returns
     (reward_model, history).
 
@@ -306,6 +307,8 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     margin: see ``bradley_terry_loss``.
     max_new_tokens: length of the base-model samples used for the normalisation
         (``world.max_new_tokens``); the prompts are those of the training pairs.
+    callbacks: functions (stage, step, metrics) called after each step and each held-out
+        evaluation (``callbacks.py``).
 
     history: step, train_loss, train_accuracy (every step); epoch, heldout_loss,
     heldout_accuracy (every epoch; empty if heldout is 0); n_train, n_heldout, seconds.
@@ -345,6 +348,8 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
                                                                  tie[rows], both_bad[rows]))
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+            log_step(callbacks, "reward_model", history["step"][-1],
+                     {"loss": history["train_loss"][-1], "accuracy": history["train_accuracy"][-1]})
         # --- held-out pairs
         if held:
             r_chosen, r_rejected = pair_rewards(reward_model, held)
@@ -354,6 +359,9 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
                                                               margin).item())
             history["heldout_accuracy"].append(preference_accuracy(r_chosen, r_rejected, flags[:, 0], flags[:, 1]))
             bar.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{history['heldout_accuracy'][-1]:.3f}")
+            log_step(callbacks, "reward_model", history["step"][-1],
+                     {"heldout_loss": history["heldout_loss"][-1],
+                      "heldout_accuracy": history["heldout_accuracy"][-1]})
     bar.close()
     # --- normalise on base-model samples
     reward_model.eval()
