@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--tensorboard", metavar="DIR", default=None,
                           help="write TensorBoard logs of every stage to DIR "
                                "(view them with: tensorboard --logdir DIR)")
+    pipeline.add_argument("--resume", action="store_true",
+                          help="go on from PPO's last checkpoint in OUT/checkpoints (saved every "
+                               "10 iterations); the stages before PPO run again, seeded")
     return parser
 
 
@@ -73,7 +76,8 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         metrics = run_pipeline(args.out, task=args.task, criteria=args.criteria, seed=args.seed, device=args.device,
                                pairs=args.pairs, ppo_steps=args.ppo_steps, cache_dir=args.cache_dir,
-                               pretrain_steps=args.pretrain_steps, tensorboard=args.tensorboard)
+                               pretrain_steps=args.pretrain_steps, tensorboard=args.tensorboard,
+                               resume=args.resume)
         print(json.dumps(metrics, indent=2))
         print(f"wrote {args.out}/metrics.json and the plots", file=sys.stderr)
     return 0

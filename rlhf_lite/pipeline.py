@@ -5,8 +5,8 @@
 and then the gold judge's verdict: on held-out prompts, how often the PPO policy's answer beats
 the base model's (``gold_win_rate_vs_base``). Writes ``OUT/metrics.json`` (keys below, stable so
 that scripts can read them), the plots (``pretrain.png``, ``reward_model.png``, ``ppo.png``), the
-labelled pairs (``comparisons.jsonl``, TRL's format), the PPO log (``ppo_history.json``), and the
-trained models (``reward_model/``, ``policy/``).
+labelled pairs (``comparisons.jsonl``, TRL's format), the PPO log (``ppo_history.json``), the
+trained models (``reward_model/``, ``policy/``) and PPO's last checkpoint (``checkpoints/``).
 
 metrics.json::
 
@@ -39,7 +39,7 @@ from .world import SimulatedLabeler, World, get_criteria
 def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int = 0,
                  device: str | None = None, pairs: int = 1000, ppo_steps: int = PPOConfig.steps,
                  cache_dir=None, pretrain_steps: int | None = None, heldout_samples: int = 8,
-                 progress: bool = True, tensorboard=None) -> dict:
+                 progress: bool = True, tensorboard=None, resume: bool = False) -> dict:
     """Run every stage and write ``out`` (see the module docstring); returns the metrics.
 
     cache_dir: where the base model is cached (default ``out/runs``); give a shared folder
@@ -47,6 +47,8 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
     pretrain_steps: pretraining steps (default: ``get_base_model``'s).
     heldout_samples: samples per held-out prompt in the win-rate comparison.
     tensorboard: a folder for TensorBoard logs of every stage (``callbacks.TensorBoardWriter``).
+    resume: go on from PPO's last checkpoint in ``out/checkpoints`` (PPO saves one every 10
+        iterations); the stages before PPO run again, seeded, and give the same models.
     """
     start = time.perf_counter()
     os.makedirs(out, exist_ok=True)
@@ -89,7 +91,8 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
     config = PPOConfig(steps=ppo_steps, max_new_tokens=world.max_new_tokens, seed=seed)
     trainer = PPOTrainer(model, tokenizer, reward_model, train_prompts, config, gold_fn=gold_fn)
     plot = LivePlot(PLOT_METRICS, title=f"PPO on {task}, {crit.name} labelers", xlabel="episodes")
-    history = trainer.train(plot=plot, progress=progress, callbacks=callbacks)
+    history = trainer.train(plot=plot, progress=progress, callbacks=callbacks, resume=resume,
+                            checkpoint_dir=os.path.join(out, "checkpoints"))
     win_rate = gold_win_rate(trainer.policy, model, tokenizer, heldout_prompts, gold_fn, heldout_samples,
                              world.max_new_tokens, config.temperature, seed=seed)
     save_model(trainer.policy, tokenizer, os.path.join(out, "policy"))
