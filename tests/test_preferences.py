@@ -84,7 +84,8 @@ def test_truncated_last_line_is_set_aside_and_reported(tmp_path):
     cut = b'{"id": 4, "event": "label", "time": "2026", "labeler": "you", "pro'
     with open(path, "ab") as f:
         f.write(cut)
-    with pytest.warns(LabelStoreWarning, match=r"labels\.jsonl:4: the last line is cut off mid-write"):
+    with pytest.warns(LabelStoreWarning,
+                      match=r"labels\.jsonl:4: the last line is cut off mid-write"):
         store = LabelStore(path)
     assert len(store.set_aside) == 1 and "labels.jsonl.setaside" in store.set_aside[0]
     assert [e["id"] for e in store.events] == [1, 2, 3]
