@@ -68,8 +68,8 @@ except ImportError:  # Windows: a byte-range lock far past the end (locked bytes
 
 
 def _lock_holder(path: str) -> str:
-    """'process N' that holds the lock on ``path`` (from /proc/locks, Linux), else 'another
-    process'."""
+    """'process N' that holds the lock on ``path``: from /proc/locks (Linux), else from the pid
+    the writer left in ``<file>.lock`` if that process lives; else 'another process'."""
     try:
         inode = os.stat(path).st_ino
         with open("/proc/locks") as f:
@@ -80,7 +80,13 @@ def _lock_holder(path: str) -> str:
                     return f"process {fields[4]}"
     except (OSError, IndexError):
         pass
-    return "another process"
+    try:
+        with open(os.path.realpath(path) + ".lock") as f:
+            pid = int(f.read().split()[0])
+        os.kill(pid, 0)
+        return f"process {pid}"
+    except (OSError, ValueError, IndexError):
+        return "another process"
 
 
 def _fsync_folder(folder: str) -> None:
@@ -222,6 +228,11 @@ class LabelFile:
             raise
         self.fd, self.key = fd, key
         _WRITERS[key] = self
+        try:   # who writes, for the error message of a second writer where /proc/locks is missing
+            with open(os.path.realpath(self.path) + ".lock", "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError:
+            pass
         if created:
             _fsync_folder(folder)
         try:

@@ -140,9 +140,10 @@ class LabelStore:
     One writer at a time: the first write takes an exclusive lock on the file itself (``flock``)
     until ``close()`` or the end of the process, whatever name or link reaches it. The OS drops
     that lock when the process dies, SIGKILL and kernel restarts included, so a stale lock cannot
-    block anyone. A store in another process gets ``LabelStoreLockedError``. In one process (a
-    notebook run twice) the newer store takes over and the older one refuses to write. Reading
-    never waits: lesson 2 reads the file while lesson 1's kernel still holds it.
+    block anyone (``<file>.lock`` only records the writer's pid, for the error message). A store
+    in another process gets ``LabelStoreLockedError``. In one process (a notebook run twice) the
+    newer store takes over and the older one refuses to write. Reading never waits: lesson 2
+    reads the file while lesson 1's kernel still holds it.
 
     One label is in force per pair (``pair_key``): the latest by a human labeler, else the latest
     simulated one, so the learner's own clicks always win over the simulated fill.
