@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--cache-dir", default=None,
                           help="where the base model is cached (default OUT/runs); "
                                "e.g. notebooks/runs to reuse the lessons'")
+    pipeline.add_argument("--tensorboard", metavar="DIR", default=None,
+                          help="write TensorBoard logs of every stage to DIR "
+                               "(view them with: tensorboard --logdir DIR)")
+    pipeline.add_argument("--resume", action="store_true",
+                          help="go on from PPO's last checkpoint in OUT/checkpoints (saved every "
+                               "10 iterations); the stages before PPO run again, seeded")
     return parser
 
 
@@ -90,7 +96,8 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         metrics = run_pipeline(args.out, task=args.task, criteria=args.criteria, seed=args.seed, device=args.device,
                                pairs=args.pairs, ppo_steps=args.ppo_steps, cache_dir=args.cache_dir,
-                               pretrain_steps=args.pretrain_steps, labels=args.labels)
+                               pretrain_steps=args.pretrain_steps, labels=args.labels,
+                               tensorboard=args.tensorboard, resume=args.resume)
         print(json.dumps(metrics, indent=2))
         print(f"wrote {args.out}/metrics.json and the plots", file=sys.stderr)
     return 0

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .callbacks import log_step
 from .models import completion_logprobs, encode_completions, pick_device, seed_everything
 
 
@@ -110,6 +111,7 @@ class DPOConfig:
 
 
 def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = None, loss_fn=None,
+              callbacks=(),
               **overrides):
     """Fine-tune a copy of ``base_model`` on ``comparisons`` (list of ``Comparison``) with DPO.
 
@@ -117,6 +119,7 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
     Keyword ``overrides`` change fields of ``config`` (e.g. ``beta=0.3``).
     loss_fn: None (``dpo_loss``), or a function of ``dpo_loss``'s arguments that returns the loss
     alone (a learner's own, checked by ``rlhf_lite.exercises.use``); the logged rewards stay ours.
+    callbacks: functions (stage, step, metrics) called after each step (``callbacks.py``).
     Returns (policy, history): history has one dict a step with loss, accuracy (share of pairs
     whose implicit reward ranks chosen above rejected), margin, chosen_reward, rejected_reward.
     """
@@ -165,6 +168,7 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
                                     rejected_reward=r_rejected.mean().item()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['accuracy']:.2f}")
+                log_step(callbacks, "dpo", len(history), history[-1])
     return policy.eval(), history
 
 
@@ -193,10 +197,12 @@ class SFTConfig:
     device: str | None = None
 
 
-def train_sft(base_model, tokenizer, comparisons, config: SFTConfig | None = None, **overrides):
+def train_sft(base_model, tokenizer, comparisons, config: SFTConfig | None = None, callbacks=(),
+              **overrides):
     """Fine-tune a copy of ``base_model`` on the chosen answers of ``comparisons`` alone.
 
     Returns (policy, history): history has one dict a step with the loss (``sft_loss``).
+    callbacks: functions (stage, step, metrics) called after each step (``callbacks.py``).
     """
     config = dataclasses.replace(config or SFTConfig(), **overrides)
     device = pick_device(config.device)
@@ -222,4 +228,5 @@ def train_sft(base_model, tokenizer, comparisons, config: SFTConfig | None = Non
                 history.append(dict(loss=loss.item()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+                log_step(callbacks, "sft", len(history), history[-1])
     return policy.eval(), history

@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel,
                           PreTrainedTokenizerFast)
 
+from .callbacks import log_step
+
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 
 MODEL_PRESETS = {
@@ -103,11 +105,12 @@ def encode_corpus(tokenizer, rows) -> tuple[torch.Tensor, torch.Tensor]:
 
 def pretrain(model, tokenizer, world, steps: int = 800, batch_size: int = 64, lr: float = 1e-2,
              corpus_size: int = 20_000, seed: int = 0, device: str | None = None,
-             length_chunks: int = 2) -> list[float]:
+             length_chunks: int = 2, callbacks=()) -> list[float]:
     """Next-token pretraining on the world's internet: minimise -sum_t log p(w_t | w_<t).
 
     Returns the loss of every step. AdamW with a linear warm-up and a cosine decay.
     length_chunks: speed only (see ``PPOConfig.length_chunks``); 1 on a GPU.
+    callbacks: functions (stage, step, metrics) called after each step (``callbacks.py``).
     """
     device = pick_device(device)
     seed_everything(seed)
@@ -138,6 +141,8 @@ def pretrain(model, tokenizer, world, steps: int = 800, batch_size: int = 64, lr
         schedule.step()
         history.append(loss)
         bar.set_postfix(loss=f"{history[-1]:.3f}")
+        log_step(callbacks, "pretrain", len(history),
+                 {"loss": history[-1], "learning_rate": schedule.get_last_lr()[0]})
     model.eval()
     return history
 
@@ -166,7 +171,7 @@ def load_model(path, device: str | None = None):
 
 
 def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int = 800,
-                   seed: int = 0, device: str | None = None):
+                   seed: int = 0, device: str | None = None, callbacks=()):
     """The base model for ``world``, shared by all lessons: loaded from
     ``runs_dir/base-<task>-<preset>-<steps>-seed<seed>`` if a lesson already made it, else
     pretrained and saved there. Returns (model, tokenizer, path, loss history or None if loaded)."""
@@ -177,7 +182,8 @@ def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int = 80
             return model, tokenizer, path, json.load(f)
     tokenizer = build_tokenizer(world)
     model = make_base_model(tokenizer, preset, seed)
-    history = pretrain(model, tokenizer, world, steps=steps, seed=seed, device=device)
+    history = pretrain(model, tokenizer, world, steps=steps, seed=seed, device=device,
+                       callbacks=callbacks)
     save_model(model, tokenizer, path)
     with open(os.path.join(path, "loss_history.json"), "w") as f:  # written last: marks it complete
         json.dump(history, f)

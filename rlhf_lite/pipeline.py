@@ -5,8 +5,8 @@
 and then the gold judge's verdict: on held-out prompts, how often the PPO policy's answer beats
 the base model's (``gold_win_rate_vs_base``). Writes ``OUT/metrics.json`` (keys below, stable so
 that scripts can read them), the plots (``pretrain.png``, ``reward_model.png``, ``ppo.png``), the
-labelled pairs (``comparisons.jsonl``, TRL's format), the PPO log (``ppo_history.json``), and the
-trained models (``reward_model/``, ``policy/``).
+labelled pairs (``comparisons.jsonl``, TRL's format), the PPO log (``ppo_history.json``), the
+trained models (``reward_model/``, ``policy/``) and PPO's last checkpoint (``checkpoints/``).
 
 metrics.json::
 
@@ -38,6 +38,7 @@ import time
 
 import matplotlib.pyplot as plt
 
+from .callbacks import TensorBoardWriter
 from .models import get_base_model, pick_device, save_model
 from .plots import LivePlot, plot_curves
 from .ppo import PLOT_METRICS, PPOConfig, PPOTrainer, gold_win_rate
@@ -50,7 +51,8 @@ from .world import SimulatedLabeler, World, get_criteria
 def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: int = 0,
                  device: str | None = None, pairs: int = 1000, ppo_steps: int = PPOConfig.steps,
                  cache_dir=None, pretrain_steps: int | None = None, heldout_samples: int = 16,
-                 heldout_pairs: int = 1000, progress: bool = True, labels=None) -> dict:
+                 heldout_pairs: int = 1000, progress: bool = True, labels=None, tensorboard=None,
+                 resume: bool = False) -> dict:
     """Run every stage and write ``out`` (see the module docstring); returns the metrics.
 
     cache_dir: where the base model is cached (default ``out/runs``); give a shared folder
@@ -62,12 +64,16 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
     criteria: the simulated labelers' preset (default helpful); with ``labels``, the prior of
         your taste (default: the criteria your labels were given under, else helpful).
     labels: a file of your labels: a label-store file, or TRL prompt/chosen/rejected JSON Lines.
+    tensorboard: a folder for TensorBoard logs of every stage (``callbacks.TensorBoardWriter``).
+    resume: go on from PPO's last checkpoint in ``out/checkpoints`` (PPO saves one every 10
+        iterations); the stages before PPO run again, seeded, and give the same models.
     """
     start = time.perf_counter()
     os.makedirs(out, exist_ok=True)
     world, crit = World(task, seed), get_criteria(criteria or "helpful")
     device = str(pick_device(device))
     stage_seconds = {}
+    callbacks = [TensorBoardWriter(tensorboard)] if tensorboard else []
 
     def stage(name, begun):
         stage_seconds[name] = round(time.perf_counter() - begun, 2)
@@ -76,7 +82,8 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
     begun = time.perf_counter()
     kwargs = {} if pretrain_steps is None else {"steps": pretrain_steps}
     model, tokenizer, _, losses = get_base_model(world, runs_dir=cache_dir or os.path.join(out, "runs"),
-                                                 seed=seed, device=device, **kwargs)
+                                                 seed=seed, device=device, **kwargs,
+                                                 callbacks=callbacks)
     stage("pretrain", begun)
 
     # --- 2. preference pairs, labelled by a simulated labeler (or yours, and a stand-in's)
@@ -98,7 +105,7 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
     begun = time.perf_counter()
     reward_model, rm_history = train_reward_model(model, tokenizer, comparisons, heldout=0.0,
                                                   max_new_tokens=world.max_new_tokens,
-                                                  seed=seed, device=device)
+                                                  seed=seed, device=device, callbacks=callbacks)
     train_prompts, heldout_prompts = world.split_prompts()
     fresh_pairs = make_preference_dataset(world, model, tokenizer, labeler, heldout_pairs,
                                           prompts=heldout_prompts, seed=seed + 1)
@@ -112,13 +119,16 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
     config = PPOConfig(steps=ppo_steps, max_new_tokens=world.max_new_tokens, seed=seed)
     trainer = PPOTrainer(model, tokenizer, reward_model, train_prompts, config, gold_fn=gold_fn)
     plot = LivePlot(PLOT_METRICS, title=f"PPO on {task}, {crit.name} labelers", xlabel="episodes")
-    history = trainer.train(plot=plot, progress=progress)
+    history = trainer.train(plot=plot, progress=progress, callbacks=callbacks, resume=resume,
+                            checkpoint_dir=os.path.join(out, "checkpoints"))
     win_rate = gold_win_rate(trainer.policy, model, tokenizer, heldout_prompts, gold_fn, heldout_samples,
                              world.max_new_tokens, config.temperature, seed=seed)
     save_model(trainer.policy, tokenizer, os.path.join(out, "policy"))
     stage("ppo", begun)
 
     # --- write metrics, logs and plots
+    for callback in callbacks:
+        callback.close()
     first, last = history[0], history[-1]
     metrics = {
         "seconds": round(time.perf_counter() - start, 2),

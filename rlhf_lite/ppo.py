@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
+import os
 import random
 import time
 
@@ -43,8 +45,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .callbacks import log_step
 from .models import Completions, completion_logprobs, generate, position_ids
 from .stats import Estimate, win_rate
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -427,6 +432,7 @@ class PPOTrainer:
     The trainer trains a copy of ``policy`` (``trainer.policy``); ``trainer.reference`` is a
     frozen copy of the model as given, so the caller's model stays the base model.
     """
+    stage = "ppo"   # the name its callbacks and logs get
 
     def __init__(self, policy, tokenizer, reward, prompts, config: PPOConfig | None = None,
                  gold_fn=None, rewards_fn=per_token_rewards, advantages_fn=gae,
@@ -589,15 +595,71 @@ class PPOTrainer:
         self.history.append(entry)
         return entry
 
-    def train(self, steps: int | None = None, plot=None, progress: bool = True) -> list[dict]:
-        """Run ``steps`` iterations (default ``config.steps``); ``plot``: a ``LivePlot`` to update."""
-        for _ in (bar := tqdm(range(steps or self.config.steps), desc="PPO", disable=not progress)):
+    def train(self, steps: int | None = None, plot=None, progress: bool = True,
+              callbacks=(), checkpoint_dir=None, checkpoint_every: int = 10,
+              resume: bool = False) -> list[dict]:
+        """Run ``steps`` iterations (default ``config.steps``); ``plot``: a ``LivePlot`` to update;
+        ``callbacks``: functions (stage, step, metrics) called after each iteration
+        (``callbacks.py``). checkpoint_dir: save ``ppo_checkpoint.pt`` there every
+        ``checkpoint_every`` iterations and after the last (``save_checkpoint``). resume: first go
+        on from that checkpoint if there is one; ``steps`` then counts the iterations before the
+        stop too, so the run ends where an uninterrupted one would."""
+        checkpoint = checkpoint_dir and os.path.join(checkpoint_dir, "ppo_checkpoint.pt")
+        if resume and not checkpoint:
+            raise ValueError("resume=True needs checkpoint_dir, the folder of the checkpoint")
+        if resume and os.path.isfile(checkpoint):
+            self.load_checkpoint(checkpoint)
+            logger.info("resumed from %s after iteration %d", checkpoint, self.iteration)
+            for entry in self.history if plot is not None else ():   # the curves so far
+                plot.update(entry["episodes"],
+                            **{k: v for k, v in entry.items() if isinstance(v, float)})
+        todo = (steps or self.config.steps) - (self.iteration if resume else 0)
+        for _ in (bar := tqdm(range(todo), desc="PPO", disable=not progress)):
             entry = self.step()
             bar.set_postfix(reward=f"{entry['reward']:.2f}", kl=f"{entry['kl']:.2f}",
                             **({"gold": f"{entry['gold']:.2f}"} if entry["gold"] is not None else {}))
             if plot is not None:
                 plot.update(entry["episodes"], **{k: v for k, v in entry.items() if isinstance(v, float)})
+            log_step(callbacks, self.stage, self.iteration, entry)
+            if checkpoint and (self.iteration % checkpoint_every == 0 or _ == todo - 1):
+                self.save_checkpoint(checkpoint)
         return self.history
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def save_checkpoint(self, path) -> None:
+        """All that a stopped run needs to go on as if it had never stopped: policy, value model,
+        optimizer, the KL controller's beta, the reward normalisation, the random states, the
+        iteration and the history. One file (``torch.save``), written, then renamed into place."""
+        state = dict(config=dataclasses.asdict(self.config), iteration=self.iteration,
+                     history=self.history, policy=self.policy.state_dict(),
+                     value_model=self.value_model.state_dict(),
+                     optimizer=self.optimizer.state_dict(), kl_coef=self.kl_controller.value,
+                     reward_mean=self.reward_mean, reward_std=self.reward_std,
+                     rng=self.rng.getstate(), generator=self.generator.get_state())
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        torch.save(state, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
+
+    def load_checkpoint(self, path) -> None:
+        """Go on from ``save_checkpoint``'s file, saved with the same ``PPOConfig`` (but ``steps``)
+        by a trainer built from the same policy, reward and prompts."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        ours = dataclasses.asdict(self.config)
+        differ = [f"{k}={v!r}" for k, v in state["config"].items()
+                  if k != "steps" and ours.get(k) != v]
+        if differ:
+            raise ValueError(f"{path} was saved with other PPO settings ({', '.join(differ)}); "
+                             "resume with the same PPOConfig, or start afresh in another folder")
+        self.policy.load_state_dict(state["policy"])
+        self.value_model.load_state_dict(state["value_model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_controller.value = state["kl_coef"]
+        self.reward_mean, self.reward_std = state["reward_mean"], state["reward_std"]
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.generator.set_state(state["generator"])
+        self.iteration, self.history = state["iteration"], state["history"]
 
 
 def episode_steps(rollout: Rollout, i: int, tokenizer) -> list[dict]:

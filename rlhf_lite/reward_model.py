@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import random
@@ -40,7 +41,10 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from . import stats
+from .callbacks import log_step
 from .models import Completions, encode_completions, generate, pick_device, position_ids, seed_everything
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,16 +173,41 @@ class RewardModel(torch.nn.Module):
             json.dump({"mean": self.mean, "std": self.std}, f)
 
     @classmethod
-    def load(cls, path, device: str | None = None) -> "RewardModel":
+    def load(cls, path, device: str | None = None, base_model=None, prompts=None,
+             n_samples: int = 512, max_new_tokens: int = 24, seed: int = 0) -> "RewardModel":
+        """A reward model from a folder: one ``save`` wrote, or any sequence classifier with one
+        output and a ``score`` head, e.g. one TRL's RewardTrainer saved. Without
+        ``normalization.json`` its raw rewards have no known scale: they are then normalised on
+        ``n_samples`` samples of ``base_model`` (which shares the folder's tokenizer) on
+        ``prompts``, as ``train_reward_model`` does (``normalize_rewards``), with a message."""
         path = os.fspath(path)
-        if not os.path.isfile(os.path.join(path, "normalization.json")):
-            raise FileNotFoundError(f"{path!r} holds no saved reward model (no normalization.json); "
-                                    "give the folder RewardModel.save wrote (lesson 2: runs/lesson2/reward_model)")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"{path!r} holds no saved reward model (no config.json); give "
+                                    "the folder RewardModel.save (lesson 2: "
+                                    "runs/lesson2/reward_model) or a trainer's save_model wrote")
+        normalization = os.path.join(path, "normalization.json")
+        if not os.path.isfile(normalization) and (base_model is None or not prompts):
+            raise FileNotFoundError(
+                f"{path!r} has no normalization.json (a reward model trained elsewhere, e.g. by "
+                "TRL), so its rewards have no known scale. Pass base_model= (the causal LM it "
+                "started from, with the same tokenizer) and prompts= (e.g. "
+                "world.split_prompts()[0]) to normalise them on base-model samples")
         model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        with open(os.path.join(path, "normalization.json")) as f:
-            norm = json.load(f)
-        return cls(model.to(pick_device(device)).eval(), tokenizer, norm["mean"], norm["std"])
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        reward_model = cls(model.to(pick_device(device)).eval(), tokenizer)
+        if os.path.isfile(normalization):
+            with open(normalization) as f:
+                norm = json.load(f)
+            reward_model.mean, reward_model.std = float(norm["mean"]), float(norm["std"])
+            return reward_model
+        logger.warning("%s has no normalization.json: normalising its rewards on %d samples of "
+                       "the base model (mean 0, std 1), as train_reward_model does; save() "
+                       "keeps them", path, n_samples)
+        normalize_rewards(reward_model, base_model, tokenizer, prompts, n_samples, max_new_tokens,
+                          seed=seed)
+        return reward_model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +295,7 @@ def normalize_rewards(reward_model, base_model, tokenizer, prompts, n_samples: i
 def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1, epochs: int = 3,
                        lr: float = 2e-3, batch_size: int = 32, weight_decay: float = 0.0,
                        margin: float = 0.0, max_new_tokens: int = 24, seed: int = 0,
-                       device: str | None = None, loss_fn=bradley_terry_loss):
+                       device: str | None = None, loss_fn=bradley_terry_loss, callbacks=()):
     """Train r(x, y) on judged pairs by minimising the Bradley-Terry loss; returns
     (reward_model, history).
 
@@ -281,6 +310,8 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
         ``rlhf_lite.exercises.use``); the held-out loss stays ``bradley_terry_loss``.
     max_new_tokens: length of the base-model samples used for the normalisation
         (``world.max_new_tokens``); the prompts are those of the training pairs.
+    callbacks: functions (stage, step, metrics) called after each step and each held-out
+        evaluation (``callbacks.py``).
 
     history: step, train_loss, train_accuracy (every step); epoch, heldout_loss,
     heldout_accuracy (every epoch; empty if heldout is 0); n_train, n_heldout, seconds.
@@ -320,6 +351,8 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
                                                                  tie[rows], both_bad[rows]))
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+            log_step(callbacks, "reward_model", history["step"][-1],
+                     {"loss": history["train_loss"][-1], "accuracy": history["train_accuracy"][-1]})
         # --- held-out pairs
         if held:
             r_chosen, r_rejected = pair_rewards(reward_model, held)
@@ -329,6 +362,9 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
                                                               margin).item())
             history["heldout_accuracy"].append(preference_accuracy(r_chosen, r_rejected, flags[:, 0], flags[:, 1]))
             bar.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{history['heldout_accuracy'][-1]:.3f}")
+            log_step(callbacks, "reward_model", history["step"][-1],
+                     {"heldout_loss": history["heldout_loss"][-1],
+                      "heldout_accuracy": history["heldout_accuracy"][-1]})
     bar.close()
     # --- normalise on base-model samples
     reward_model.eval()

@@ -16,7 +16,8 @@ appears. Closing the tab or restarting the kernel loses nothing: a new widget on
 file starts at the first pair you have neither labeled nor skipped. Undo records an undo event
 and brings the undone pair back.
 
-Keys, while the mouse is over the widget (they need the ``ipyevents`` package; without it the
+It needs ``ipywidgets`` (``pip install "rlhf-lite[course]"``); the rest of the package does
+not. Keys, while the mouse is over the widget (they need the ``ipyevents`` package; without it the
 buttons work alone): ``<-`` or ``a`` A better, ``->`` or ``b`` B better, ``t`` tie, ``x`` both
 bad, ``s`` skip, ``u`` or Backspace undo. While the mouse is over it, JupyterLab's own
 single-key shortcuts (``a``, ``b``, ``x``...) do not reach the notebook.
@@ -25,12 +26,14 @@ from __future__ import annotations
 
 import html
 
-import ipywidgets as widgets
-
 from .label_store import shown_sides
 from .preferences import pair_key
 from .world import get_criteria
 
+try:   # the course extra; a headless install has neither, and only this widget needs them
+    import ipywidgets as widgets
+except ImportError:
+    widgets = None
 try:
     from ipyevents import Event
 except ImportError:  # the buttons still work; only the keys need it
@@ -68,6 +71,9 @@ class LabelingWidget:
         self.store, self.pairs, self.seed, self.labeler = store, list(pairs), seed, labeler
         self.hand_pairs = min(hand_pairs, len(self.pairs))
         self.criteria = get_criteria(criteria)
+        if widgets is None:
+            raise ImportError('the labeling widget needs ipywidgets, which comes with the course '
+                              'extra: pip install "rlhf-lite[course]"')
         if not self.pairs:
             raise ValueError("no pairs to label: give a list of (prompt, completion_1, completion_2) "
                              "tuples, e.g. from sample_pairs or draw_pairs")
