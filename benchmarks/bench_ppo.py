@@ -35,6 +35,8 @@ parser.add_argument("--batch-size", type=int, default=64)
 parser.add_argument("--max-new-tokens", type=int, default=20)
 parser.add_argument("--ppo-epochs", type=int, default=4)
 parser.add_argument("--minibatch-size", type=int, default=PPOConfig.minibatch_size)
+parser.add_argument("--length-chunks", type=int, default=PPOConfig.length_chunks,
+                    help="PPOConfig.length_chunks (1 = one pass over the padded batch)")
 parser.add_argument("--reward-model", default=None, help="a folder RewardModel.save wrote")
 parser.add_argument("--runs-dir", default="runs", help="where the base model is cached")
 parser.add_argument("--device", default=None)
@@ -51,7 +53,8 @@ model, tokenizer, _, _ = get_base_model(world, runs_dir=args.runs_dir, device=ar
 reward_model = (RewardModel.load(args.reward_model, args.device) if args.reward_model
                 else RewardModel.from_base(model, tokenizer))
 config = PPOConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, ppo_epochs=args.ppo_epochs,
-                   minibatch_size=args.minibatch_size, log_samples=0)
+                   minibatch_size=args.minibatch_size, log_samples=0,
+                   length_chunks=args.length_chunks)
 trainer = PPOTrainer(model, tokenizer, reward_model, world.split_prompts()[0], config)
 trainer.step()  # warm-up
 
@@ -67,7 +70,8 @@ episodes = args.iterations * args.batch_size
 print(f"device: {pick_device(args.device)}, threads: {torch.get_num_threads()}, "
       f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 print(f"setting: batch {args.batch_size}, completions up to {args.max_new_tokens} tokens, "
-      f"{args.ppo_epochs} PPO epochs, minibatch {args.minibatch_size}, mean length {entry['length']:.1f}")
+      f"{args.ppo_epochs} PPO epochs, minibatch {args.minibatch_size}, "
+      f"length chunks {args.length_chunks}, mean length {entry['length']:.1f}")
 print(f"episodes/s: {episodes / wall:.1f} (wall clock), {episodes / cpu:.1f} per CPU-second "
       f"({args.iterations} iterations, {episodes} episodes)")
 print("seconds per iteration: " + ", ".join(f"{k} {v / args.iterations:.3f}" for k, v in phases.items()))
