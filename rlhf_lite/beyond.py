@@ -192,8 +192,9 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
     prompts: (B,); candidates: (B, N) texts from ``sample_candidates``; reward: the proxy;
     gold_fn: ``(prompts, completions) -> floats``, e.g. ``world.gold_many`` (only measured).
     Returns {"n", "kl", "d", "proxy", "gold", "win_rate", "win_rate_ci95"}: lists, one value
-    per n (means over prompts; the interval bootstrapped over prompts). win_rate is P(gold of best-of-n > gold of a plain sample), ties 1/2, where the
-    plain sample must be a draw *outside* the n that best-of-n chose from: the n - 1 it beat
+    per n (means over prompts; the interval bootstrapped over prompts). win_rate is
+    P(gold of best-of-n > gold of a plain sample), ties 1/2, where the plain sample must be a
+    draw *outside* the n that best-of-n chose from: the n - 1 it beat
     on the proxy are not fair opponents (they were picked against). With the pool ranked by
     the proxy and sample i the best of its subset S, an opponent j above i is always outside
     S, and one of the i below it is outside with probability 1 - (n - 1) / i, so
@@ -219,7 +220,7 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
     below = above.T
     beats_above, beats_below = (beats * above).sum(2), (beats * below).sum(2)   # (B, N)
     rank = torch.arange(N, dtype=torch.float64).clamp(min=1)
-    curve = {"n": [], "kl": [], "d": [], "proxy": [], "gold": [], "win_rate": [], "win_rate_ci95": []}
+    curve = {key: [] for key in ("n", "kl", "d", "proxy", "gold", "win_rate", "win_rate_ci95")}
     for n in ns:
         w = best_of_n_weights(N, n)
         curve["n"].append(n)

@@ -133,8 +133,8 @@ class PPOConfig:
             raise ValueError(f"PPOConfig.kl_in must be 'reward' or 'loss', got {self.kl_in!r}")
         if (self.kl_in == "reward") != (self.kl_estimator == "k1"):
             raise ValueError(
-                f"PPOConfig: kl_estimator={self.kl_estimator!r} with kl_in={self.kl_in!r} does not pull "
-                "the policy towards the reference: use k1 in the reward, or k3 (or k2) in the loss "
+                f"PPOConfig: kl_estimator={self.kl_estimator!r} with kl_in={self.kl_in!r} does "
+                "not pull the policy towards the reference: use k1 in the reward, or k3 (or k2) in the loss "
                 "(see ppo.kl_loss for why)")
         if self.value_init not in ("reward_model", "policy"):
             raise ValueError(f"PPOConfig.value_init must be 'reward_model' or 'policy', got {self.value_init!r}")
@@ -390,7 +390,8 @@ def by_length(fn, batch: Completions, n_chunks: int):
     together as (B, C) tensors, 0 on padding: the same values as ``fn(batch)``, faster."""
     B, C = batch.completion_ids.shape
     out = None
-    for rows, width in length_chunks(batch, torch.arange(B, device=batch.completion_ids.device), n_chunks):
+    rows_all = torch.arange(B, device=batch.completion_ids.device)
+    for rows, width in length_chunks(batch, rows_all, n_chunks):
         result = fn(take(batch, rows, width))
         result = result if isinstance(result, tuple) else (result,)
         out = out or [r.new_zeros(B, C) for r in result]

@@ -204,7 +204,8 @@ def test_best_of_n_win_rate_matches_a_fresh_simulation():
     gold = torch.randint(0, 4, (B, N)).double()
     proxy = gold + torch.randn(B, N, dtype=torch.float64)
     texts = [[f"{i}:{j}" for j in range(N)] for i in range(B)]
-    table = {f"{i}:{j}": (proxy[i, j].item(), gold[i, j].item()) for i in range(B) for j in range(N)}
+    table = {f"{i}:{j}": (proxy[i, j].item(), gold[i, j].item())
+             for i in range(B) for j in range(N)}
     curve = best_of_n_curve([str(i) for i in range(B)], texts,
                             lambda p, t: [table[x][0] for x in t],
                             lambda p, t: [table[x][1] for x in t], [4, 8])

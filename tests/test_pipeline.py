@@ -11,8 +11,9 @@ from rlhf_lite.cli import main
 KEYS = {
     "seconds": None, "device": None, "seed": None,
     "stage_seconds": {"pretrain", "pairs", "reward_model", "ppo"},
-    "reward_model": {"n_train_pairs", "n_heldout_pairs", "heldout_accuracy", "heldout_accuracy_ci95",
-                     "gold_agreement", "gold_utility_accuracy", "noise_ceiling_accuracy"},
+    "reward_model": {"n_train_pairs", "n_heldout_pairs", "heldout_accuracy",
+                     "heldout_accuracy_ci95", "gold_agreement", "gold_utility_accuracy",
+                     "noise_ceiling_accuracy"},
     "ppo": {"episodes", "initial_reward", "final_reward", "initial_gold", "final_gold", "final_kl",
             "gold_win_rate_vs_base", "gold_win_rate_vs_base_ci95", "gold_win_rate_n",
             "gold_win_rate_prompts"},
@@ -32,8 +33,8 @@ def test_pipeline_writes_metrics_plots_and_models(base, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == metrics          # also printed
     assert metrics["device"] == "cpu" and metrics["seed"] == 0
     rm, ppo = metrics["reward_model"], metrics["ppo"]
-    assert rm["n_train_pairs"] == 60                     # all of them: judged on fresh pairs instead
-    assert rm["n_heldout_pairs"] >= 900                  # of 1,000 fresh pairs, those with a preference
+    assert rm["n_train_pairs"] == 60                 # all of them: judged on fresh pairs instead
+    assert rm["n_heldout_pairs"] >= 900              # of 1,000 fresh pairs, those with a preference
     low, high = rm["heldout_accuracy_ci95"]
     assert low < rm["heldout_accuracy"] < high and high - low < 0.07
     low, high = ppo["gold_win_rate_vs_base_ci95"]
