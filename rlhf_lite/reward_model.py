@@ -157,21 +157,25 @@ class RewardModel(torch.nn.Module):
         self.log_prob_gate = log_prob_gate
 
     @classmethod
-    def from_base(cls, base_model, tokenizer, seed: int = 0) -> "RewardModel":
+    def from_base(cls, base_model, tokenizer, seed: int = 0,
+                  read_log_probs: bool = True) -> "RewardModel":
         """A reward model initialised from a causal LM: same transformer, new head hidden -> 1
         (drawn with ``seed``), the base model's LM head (tied to the input embeddings if the base
-        model ties them) and a gate at 0; the rest is a copy of the base model's weights."""
+        model ties them) and a gate at 0; the rest is a copy of the base model's weights.
+        ``read_log_probs=False``: no token term, the plain last-token reward model."""
         config = copy.deepcopy(base_model.config)
         config.num_labels = 1
         config.pad_token_id = tokenizer.pad_token_id
         torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_config(config)
         model.base_model.load_state_dict(base_model.base_model.state_dict())
+        device = next(base_model.parameters()).device
+        if not read_log_probs:
+            return cls(model.to(device), tokenizer)
         lm_head = copy.deepcopy(base_model.get_output_embeddings())
         if base_model.get_output_embeddings().weight is base_model.get_input_embeddings().weight:
             lm_head.weight = model.get_input_embeddings().weight
         gate = LogProbGate(lm_head, config.hidden_size)
-        device = next(base_model.parameters()).device
         return cls(model.to(device), tokenizer, log_prob_gate=gate.to(device))
 
     @property
@@ -364,7 +368,7 @@ def normalize_rewards(reward_model, base_model, tokenizer, prompts, n_samples: i
 def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1, epochs: int = 3,
                        lr: float = 5e-4, gate_lr: float = 5e-3, batch_size: int = 32,
                        weight_decay: float = 0.0, margin: float = 0.0, max_new_tokens: int = 24,
-                       seed: int = 0, device: str | None = None):
+                       read_log_probs: bool = True, seed: int = 0, device: str | None = None):
     """Train r(x, y) on judged pairs by minimising the Bradley-Terry loss; returns
     (reward_model, history).
 
@@ -380,6 +384,8 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     margin: see ``bradley_terry_loss``.
     max_new_tokens: length of the base-model samples used for the normalisation
         (``world.max_new_tokens``); the prompts are those of the training pairs.
+    read_log_probs: the token term sum_t g_t a_t (module docstring); False trains the plain
+        last-token reward model, to see what the term adds.
 
     history: step, train_loss, train_accuracy (every step); epoch, heldout_loss,
     heldout_accuracy (every epoch; empty if heldout is 0); n_train, n_heldout, seconds.
@@ -391,11 +397,12 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     train, held = split_comparisons(comparisons, heldout, seed)
     if not train:
         raise ValueError("no pairs to train on: give comparisons (e.g. make_preference_dataset(...))")
-    reward_model = RewardModel.from_base(base_model, tokenizer, seed).to(device).train()
+    reward_model = RewardModel.from_base(base_model, tokenizer, seed, read_log_probs)
+    reward_model = reward_model.to(device).train()
     ids, mask, answer, tie, both_bad = encode_pairs(tokenizer, train, device)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total = epochs * steps_per_epoch
-    gate = list(reward_model.log_prob_gate.gate.parameters())
+    gate = list(reward_model.log_prob_gate.gate.parameters()) if read_log_probs else []
     rest = [p for p in reward_model.parameters() if all(p is not q for q in gate)]
     optimizer = torch.optim.AdamW([dict(params=rest, lr=lr), dict(params=gate, lr=gate_lr)],
                                   weight_decay=weight_decay)

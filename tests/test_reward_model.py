@@ -222,6 +222,19 @@ def test_training_history_and_normalisation(trained, base, world):
     assert abs(rewards.mean().item()) < 0.25 and 0.75 < rewards.std().item() < 1.25
 
 
+def test_without_the_token_term_it_is_the_last_token_reward_model(trained, base, world):
+    model, tokenizer = base
+    _, _, pairs = trained
+    plain, history = train_reward_model(model, tokenizer, pairs[:64], heldout=0.0, epochs=1,
+                                        read_log_probs=False, max_new_tokens=world.max_new_tokens)
+    assert plain.log_prob_gate is None and len(history["train_loss"]) == 2
+    batch = encode_completions(tokenizer, [world.prompts[0]], ["Paris."], plain.device)
+    with torch.no_grad():
+        hidden = plain.model.base_model(input_ids=batch.input_ids).last_hidden_state
+        assert torch.allclose(plain(batch.input_ids, batch.attention_mask, completion_columns(batch)),
+                              plain.model.score(hidden[:, -1]).squeeze(-1), atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def result(trained, world, labeler):
     reward_model, _, heldout = trained
