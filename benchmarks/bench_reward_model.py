@@ -4,7 +4,7 @@
         [--threads 1] [--last-token] [--shortfall]
 
 The measurement (issue 10), for each seed s:
-- base model: the default tiny base (``get_base_model(World("trivia"), runs_dir="notebooks/runs")``);
+- base model: the default tiny base, ``get_base_model(World("trivia"), runs_dir=...)``;
 - training: ``--pairs`` pairs of its samples on training prompts, labelled by
   ``SimulatedLabeler(world, "helpful", seed=s)`` (``make_preference_dataset(..., seed=s)``), then
   ``train_reward_model`` with its defaults (seed s; it keeps 10% of the pairs for its own check);
@@ -48,31 +48,34 @@ torch.set_num_threads(args.threads)
 world = World(args.task, seed=0)
 model, tokenizer, _, _ = get_base_model(world, runs_dir=args.runs, device=args.device)
 train_prompts, heldout_prompts = world.split_prompts()
-print(f"device: {pick_device(args.device)}, threads: {torch.get_num_threads()}, cores: {os.cpu_count()}, "
-      f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-print(f"{args.task}: {len(train_prompts)} training prompts, {len(heldout_prompts)} held-out prompts "
-      f"asking {len({world.fact(p) for p in heldout_prompts})} facts no training prompt asks")
-print(f"per seed s: {args.pairs} pairs on training prompts (helpful labeler, seed s) -> train_reward_model "
-      f"defaults; {args.heldout_pairs} fresh pairs on held-out prompts, same labeler\n")
+print(f"device: {pick_device(args.device)}, threads: {torch.get_num_threads()}, "
+      f"cores: {os.cpu_count()}, load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+heldout_facts = {world.fact(p) for p in heldout_prompts}
+print(f"{args.task}: {len(train_prompts)} training prompts, {len(heldout_prompts)} held-out "
+      f"prompts asking {len(heldout_facts)} facts no training prompt asks")
+print(f"per seed s: {args.pairs} pairs on training prompts (helpful labeler, seed s) -> "
+      f"train_reward_model defaults; {args.heldout_pairs} fresh pairs on held-out prompts, "
+      "same labeler\n")
 
 variants = {"gated log-probs": True} | ({"last token only": False} if args.last_token else {})
-print(f"{'seed':>4} {'reward model':>16} {'accuracy [95% interval] (n)':>31} {'ceiling':>8} {'gold':>6} "
-      f"{'gap':>6} {'gold agr.':>9} {'train s':>8}")
+print(f"{'seed':>4} {'reward model':>16} {'accuracy [95% interval] (n)':>31} {'ceiling':>8} "
+      f"{'gold':>6} {'gap':>6} {'gold agr.':>9} {'train s':>8}")
 for seed in args.seeds:
     labeler = SimulatedLabeler(world, "helpful", temperature=1.0, seed=seed)
     pairs = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=args.pairs, seed=seed)
     heldout = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=args.heldout_pairs,
                                       prompts=heldout_prompts, seed=seed + 1)
     counted = [c for c in heldout if not (c.tie or c.both_bad)]
-    u_chosen = world.gold_many([c.prompt for c in counted], [c.chosen for c in counted], labeler.criteria)
-    u_rejected = world.gold_many([c.prompt for c in counted], [c.rejected for c in counted], labeler.criteria)
+    prompts = [c.prompt for c in counted]
+    u_chosen = world.gold_many(prompts, [c.chosen for c in counted], labeler.criteria)
+    u_rejected = world.gold_many(prompts, [c.rejected for c in counted], labeler.criteria)
     gold = accuracy([(a > b) + 0.5 * (a == b) for a, b in zip(u_chosen, u_rejected)])
     ceiling = noise_ceiling(labeler, counted)
     for name, read_log_probs in variants.items():
         start = time.perf_counter()
-        reward_model, history = train_reward_model(model, tokenizer, pairs, seed=seed, device=args.device,
-                                                   max_new_tokens=world.max_new_tokens,
-                                                   read_log_probs=read_log_probs)
+        reward_model, _ = train_reward_model(model, tokenizer, pairs, seed=seed, device=args.device,
+                                             read_log_probs=read_log_probs,
+                                             max_new_tokens=world.max_new_tokens)
         seconds = time.perf_counter() - start
         r_chosen, r_rejected = pair_rewards(reward_model, counted)
         acc = accuracy((r_chosen > r_rejected).tolist())
@@ -88,7 +91,7 @@ for seed in args.seeds:
                       f"{row['ceiling']:>8.0%} {row['points']:>18.1f}")
             print(f"{'(all ' + str(len(rows)) + ' kinds)':>31} {'':>6} {'':>9} {'':>8} "
                   f"{sum(r['points'] for r in rows):>18.1f}\n")
-print("\naccuracy: against the labels; ceiling: expected accuracy of a perfect model; gold: the gold "
-      "utility's own accuracy on these labels; gap: ceiling - accuracy; train s: train_reward_model, "
-      "including its held-out check and the normalisation")
+print("\naccuracy: against the labels; ceiling: expected accuracy of a perfect model; gold: the "
+      "gold utility's own accuracy on these labels; gap: ceiling - accuracy; train s: "
+      "train_reward_model, including its held-out check and the normalisation")
 print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")

@@ -8,9 +8,10 @@ import torch
 from rlhf_lite.models import encode_completions, generate
 from rlhf_lite.preferences import Comparison, make_preference_dataset
 from rlhf_lite.models import position_ids
-from rlhf_lite.reward_model import (RewardModel, bradley_terry_loss, calibration, completion_columns,
-                                    evaluate, noise_ceiling, pair_rewards, rewards_by_style,
-                                    shortfall_by_style, split_comparisons, train_reward_model)
+from rlhf_lite.reward_model import (RewardModel, bradley_terry_loss, calibration,
+                                    completion_columns, evaluate, noise_ceiling, pair_rewards,
+                                    rewards_by_style, shortfall_by_style, split_comparisons,
+                                    train_reward_model)
 from rlhf_lite.world import SimulatedLabeler
 
 
@@ -84,12 +85,14 @@ def test_token_term_is_the_base_models_surprise_weighted_by_the_gate(base, world
     rm = RewardModel.from_base(model, tokenizer)
     assert rm.log_prob_gate.lm_head.weight is rm.model.get_input_embeddings().weight   # tied
     prompts = world.prompts[:3]
-    batch = encode_completions(tokenizer, prompts, ["Paris.", "I do not know.", "Ugh, whatever."], rm.device)
+    texts = ["Paris.", "I do not know.", "Ugh, whatever."]
+    batch = encode_completions(tokenizer, prompts, texts, rm.device)
     with torch.no_grad():
         head_only = rm(batch.input_ids, batch.attention_mask, completion_columns(batch))
         rm.log_prob_gate.gate.bias.fill_(2.0)
         with_gate = rm(batch.input_ids, batch.attention_mask, completion_columns(batch))
-    assert torch.allclose(with_gate - head_only, 2.0 * token_surprise(model, batch).sum(1), atol=1e-4)
+    by_hand = 2.0 * token_surprise(model, batch).sum(1)
+    assert torch.allclose(with_gate - head_only, by_hand, atol=1e-4)
 
 
 def test_the_base_model_prefers_the_right_fact_on_every_heldout_fact(base, world):
@@ -102,7 +105,8 @@ def test_the_base_model_prefers_the_right_fact_on_every_heldout_fact(base, world
     assert len(prompts) >= 20
     for p in prompts:
         wrong = sorted({world.task.answer(p, "wrong", rng) for _ in range(40)})
-        right = [world.task.answer(p, "terse" if len(w.split()) == 1 else "sentence", rng) for w in wrong]
+        right = [world.task.answer(p, "terse" if len(w.split()) == 1 else "sentence", rng)
+                 for w in wrong]
         batch = encode_completions(tokenizer, [p] * 2 * len(wrong), right + wrong,
                                    next(model.parameters()).device)
         surprise = token_surprise(model, batch).sum(1)
@@ -160,9 +164,9 @@ def test_any_causal_lm_and_a_pad_that_is_eos(world, tmp_path):
     torch.nn.init.normal_(rm.log_prob_gate.gate.weight, std=0.1)
     rm.save(tmp_path / "llama_rm")
     loaded = RewardModel.load(tmp_path / "llama_rm")
-    assert torch.allclose(loaded.score(prompts, texts, normalize=False), rm.score(prompts, texts, normalize=False),
-                          atol=1e-5)
-    assert not torch.allclose(loaded.score(prompts, texts, normalize=False), together)   # the gate counts
+    reloaded = loaded.score(prompts, texts, normalize=False)
+    assert torch.allclose(reloaded, rm.score(prompts, texts, normalize=False), atol=1e-5)
+    assert not torch.allclose(reloaded, together)                  # the gate counts now
 
 
 def test_score_completions_matches_score_on_samples(fresh_reward_model, base, world):
@@ -231,8 +235,8 @@ def test_without_the_token_term_it_is_the_last_token_reward_model(trained, base,
     batch = encode_completions(tokenizer, [world.prompts[0]], ["Paris."], plain.device)
     with torch.no_grad():
         hidden = plain.model.base_model(input_ids=batch.input_ids).last_hidden_state
-        assert torch.allclose(plain(batch.input_ids, batch.attention_mask, completion_columns(batch)),
-                              plain.model.score(hidden[:, -1]).squeeze(-1), atol=1e-5)
+        r = plain(batch.input_ids, batch.attention_mask, completion_columns(batch))
+        assert torch.allclose(r, plain.model.score(hidden[:, -1]).squeeze(-1), atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -322,16 +326,19 @@ def test_save_and_load_round_trip(trained, tmp_path, world):
     prompts, texts = [c.prompt for c in heldout[:20]], [c.chosen for c in heldout[:20]]
     assert torch.allclose(loaded.score(prompts, texts), reward_model.score(prompts, texts), atol=1e-5)
     assert torch.allclose(loaded(prompts, texts), loaded.score(prompts, texts))
-    assert loaded.log_prob_gate.lm_head.weight is loaded.model.get_input_embeddings().weight  # still tied
-    # a folder without the gate (a reward model trained elsewhere, e.g. by TRL) is read at the last token
+    assert loaded.log_prob_gate.lm_head.weight is loaded.model.get_input_embeddings().weight  # tied
+    # a folder without the gate (a reward model trained elsewhere, e.g. by TRL): the last token only
     (tmp_path / "rm" / "log_prob_gate.safetensors").unlink()
     plain = RewardModel.load(tmp_path / "rm")
     assert plain.log_prob_gate is None
     batch = encode_completions(plain.tokenizer, prompts, texts, plain.device)
     with torch.no_grad():
-        hidden = plain.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                        position_ids=position_ids(batch.attention_mask)).last_hidden_state
+        hidden = plain.model.base_model(input_ids=batch.input_ids,
+                                        attention_mask=batch.attention_mask,
+                                        position_ids=position_ids(batch.attention_mask))
+        hidden = hidden.last_hidden_state
         at_eos = plain.model.score(hidden[:, -1]).squeeze(-1)
-    eos_last = batch.completion_mask[:, -1].bool()                  # rows whose <eos> is the last column
+    eos_last = batch.completion_mask[:, -1].bool()          # rows whose <eos> is the last column
     assert eos_last.any()
-    assert torch.allclose(plain.score(prompts, texts, normalize=False)[eos_last], at_eos[eos_last], atol=1e-5)
+    plain_scores = plain.score(prompts, texts, normalize=False)
+    assert torch.allclose(plain_scores[eos_last], at_eos[eos_last], atol=1e-5)
