@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from .callbacks import log_step
 from .models import Completions, completion_logprobs, generate, position_ids
+from .reward_model import completion_columns
 from .stats import Estimate, win_rate
 
 logger = logging.getLogger(__name__)
@@ -325,22 +326,31 @@ def reinforce_step(policy, optimizer, tokenizer, prompts, reward, max_new_tokens
 class ValueModel(nn.Module):
     """V(s_t) for every completion token: a transformer and a scalar head read at each position.
 
-    From a RewardModel (InstructGPT; TRL's last PPO): a copy of its transformer and ``score`` head,
-    with the reward's normalisation folded into the head, so V(s_T) starts at the normalised
-    score. From a causal LM: a copy of its transformer and a fresh zero head.
+    From a RewardModel (InstructGPT; TRL's last PPO): the reward model read at every prefix,
+    V(x, y_<t) = r(x, y_<t), normalised: a copy of its transformer, ``score`` head and token term
+    (``log_prob_gate``: the sum of g_i * a_i over the tokens so far), with the normalisation
+    folded into the head and the gate. From a causal LM: a copy of its transformer and a fresh
+    zero head.
     """
-    def __init__(self, backbone: nn.Module, head: nn.Linear):
+    def __init__(self, backbone: nn.Module, head: nn.Linear,
+                 log_prob_gate: nn.Module | None = None):
         super().__init__()
-        self.backbone, self.head = backbone, head
+        self.backbone, self.head, self.log_prob_gate = backbone, head, log_prob_gate
 
     @classmethod
     def from_reward_model(cls, reward_model) -> "ValueModel":
         score = reward_model.model.score
         head = nn.Linear(score.in_features, 1).to(score.weight.device)
+        # one deepcopy, so an LM head tied to the input embeddings stays tied in the copy
+        backbone, log_prob_gate = copy.deepcopy((reward_model.model.base_model,
+                                                  reward_model.log_prob_gate))
         with torch.no_grad():
             head.weight.copy_(score.weight / reward_model.std)
             head.bias.fill_(-float(reward_model.mean) / float(reward_model.std))
-        return cls(copy.deepcopy(reward_model.model.base_model), head)
+            if log_prob_gate is not None:
+                log_prob_gate.gate.weight.div_(reward_model.std)
+                log_prob_gate.gate.bias.div_(reward_model.std)
+        return cls(backbone, head, log_prob_gate)
 
     @classmethod
     def from_policy(cls, policy) -> "ValueModel":
@@ -353,6 +363,8 @@ class ValueModel(nn.Module):
         ids, mask = batch.input_ids, batch.attention_mask
         hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
         values = self.head(hidden).squeeze(-1).float()
+        if self.log_prob_gate is not None:     # + sum of g_i * a_i over the completion so far
+            values = values + self.log_prob_gate(hidden, ids, completion_columns(batch)).cumsum(1)
         return values[:, batch.prompt_ids.shape[1] - 1:-1] * batch.completion_mask  # V(x, y_<t)
 
 

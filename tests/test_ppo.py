@@ -9,7 +9,7 @@ from rlhf_lite.ppo import (AdaptiveKLController, PPOConfig, PPOTrainer, ValueMod
                            gold_win_rate, kl_loss, kl_penalty, per_token_rewards, policy_loss,
                            value_loss, whiten)
 from rlhf_lite.preferences import make_preference_dataset
-from rlhf_lite.reward_model import train_reward_model
+from rlhf_lite.reward_model import completion_columns, train_reward_model
 from rlhf_lite.world import SimulatedLabeler
 
 
@@ -194,11 +194,14 @@ def test_value_model_starts_as_the_reward_model_read_at_every_position(world, ba
     batch = generate(model, tokenizer, world.prompts[:16], world.max_new_tokens, seed=0)
     values = ValueModel.from_reward_model(reward_model)(batch)
     # V at the <eos> position reads the state just before it: the completion without <eos>
+    # (the head at its last token plus the token term over its tokens)
+    assert reward_model.log_prob_gate is not None
     last = batch.completion_mask.sum(1) - 1
-    mask = batch.attention_mask.clone()
+    mask, answer = batch.attention_mask.clone(), completion_columns(batch)
     mask[torch.arange(16), batch.prompt_ids.shape[1] + last] = 0
+    answer[torch.arange(16), batch.prompt_ids.shape[1] + last] = 0
     with torch.no_grad():
-        expected = reward_model.normalise(reward_model(batch.input_ids, mask))
+        expected = reward_model.normalise(reward_model(batch.input_ids, mask, answer))
     assert torch.allclose(values.gather(1, last[:, None]).squeeze(1), expected, atol=1e-4)
 
 
