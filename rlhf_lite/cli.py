@@ -48,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--criteria", choices=sorted(CRITERIA), default="helpful",
                           help="what the simulated labelers prefer (default helpful)")
     pipeline.add_argument("--pairs", type=positive_int, default=1000, help="labelled pairs (default 1000)")
-    pipeline.add_argument("--ppo-steps", type=positive_int, default=PPOConfig.steps,
-                          help=f"PPO iterations of {PPOConfig.batch_size} episodes (default {PPOConfig.steps})")
+    pipeline.add_argument("--method", choices=("ppo", "rloo", "grpo"), default="ppo",
+                          help="the RL stage: PPO, or the critic-free RLOO or GRPO (default ppo)")
+    pipeline.add_argument("--ppo-steps", type=positive_int, default=None,
+                          help=f"iterations of the RL stage, {PPOConfig.batch_size} episodes "
+                               f"each (default: the method's; PPO's is {PPOConfig.steps})")
     pipeline.add_argument("--pretrain-steps", type=positive_int, default=None,
                           help="pretraining steps of the base model (default: the course's)")
     pipeline.add_argument("--threads", type=positive_int, default=None,
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         metrics = run_pipeline(args.out, task=args.task, criteria=args.criteria, seed=args.seed, device=args.device,
                                pairs=args.pairs, ppo_steps=args.ppo_steps, cache_dir=args.cache_dir,
-                               pretrain_steps=args.pretrain_steps)
+                               pretrain_steps=args.pretrain_steps, method=args.method)
         print(json.dumps(metrics, indent=2))
         print(f"wrote {args.out}/metrics.json and the plots", file=sys.stderr)
     return 0

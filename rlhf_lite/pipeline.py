@@ -1,21 +1,24 @@
 """The whole of RLHF in one call, with simulated labelers: what ``rlhf-lite pipeline`` runs.
 
-    pretrain the base model -> sample pairs, label them -> train the reward model -> PPO
+    pretrain the base model -> sample pairs, label them -> train the reward model -> RL
 
-and then the gold judge's verdict: on held-out prompts, how often the PPO policy's answer beats
-the base model's (``gold_win_rate_vs_base``). Writes ``OUT/metrics.json`` (keys below, stable so
-that scripts can read them), the plots (``pretrain.png``, ``reward_model.png``, ``ppo.png``), the
-labelled pairs (``comparisons.jsonl``, TRL's format), the PPO log (``ppo_history.json``), and the
-trained models (``reward_model/``, ``policy/``).
+where RL is PPO, RLOO or GRPO (``method``, ``critic_free.METHODS``), and then the gold judge's
+verdict: on held-out prompts, how often the RL policy's answer beats the base model's
+(``gold_win_rate_vs_base``, with its 95% interval). Writes ``OUT/metrics.json`` (keys below,
+stable so that scripts can read them), the plots (``pretrain.png``, ``reward_model.png``,
+``<method>.png``), the labelled pairs (``comparisons.jsonl``, TRL's format), the RL log
+(``<method>_history.json``), and the trained models (``reward_model/``, ``policy/``).
 
 metrics.json::
 
-    seconds, stage_seconds: {pretrain, pairs, reward_model, ppo}, device, seed,
+    seconds, stage_seconds: {pretrain, pairs, reward_model, rl, ppo (with --method ppo)},
+    device, seed, method,
     reward_model: {n_train_pairs, heldout_accuracy, gold_agreement, noise_ceiling_accuracy},
-    ppo: {episodes, initial_reward, final_reward, initial_gold, final_gold, final_kl,
-          gold_win_rate_vs_base}
+    rl (any method) and ppo (with --method ppo, the same values):
+        {episodes, initial_reward, final_reward, initial_gold, final_gold, final_kl,
+         gold_win_rate_vs_base, gold_win_rate_vs_base_ci95}
 
-``initial_*`` are the first PPO batch's means (the base model), ``final_*`` the last batch's;
+``initial_*`` are the first RL batch's means (the base model), ``final_*`` the last batch's;
 rewards are the reward model's normalised scores, gold the judge's utility under ``criteria``,
 KL in nats per completion.
 """
@@ -29,17 +32,41 @@ import matplotlib.pyplot as plt
 
 from .models import get_base_model, pick_device, save_model
 from .plots import LivePlot, plot_curves
-from .ppo import PLOT_METRICS, PPOConfig, PPOTrainer, gold_win_rate
+from . import critic_free
+from .ppo import PLOT_METRICS, gold_win_rate
 from .preferences import make_preference_dataset, write_trl_jsonl
 from .reward_model import evaluate, split_comparisons, train_reward_model
 from .world import SimulatedLabeler, World, get_criteria
 
 
+def rl_stage(method, model, tokenizer, reward_model, world, criteria, steps=None, seed=0,
+             heldout_samples: int = 8, progress: bool = True):
+    """Stage 4: train ``method`` ("ppo", "rloo" or "grpo") with its default config against the
+    reward model on the training prompts, the gold judge only watching; then its gold win rate
+    against the base model on the held-out prompts. Returns (trainer, plot, win rate)."""
+    trainer_class = critic_free.METHODS[method]
+    train_prompts, heldout_prompts = world.split_prompts()
+    gold_fn = lambda prompts, texts: world.gold_many(prompts, texts, criteria)  # noqa: E731
+    config = trainer_class.config_class(max_new_tokens=world.max_new_tokens, seed=seed,
+                                        **({"steps": steps} if steps else {}))
+    trainer = trainer_class(model, tokenizer, reward_model, train_prompts, config, gold_fn=gold_fn)
+    metrics = PLOT_METRICS if method == "ppo" else critic_free.PLOT_METRICS
+    plot = LivePlot(metrics, title=f"{trainer.name} on {world.task.name}, {criteria} labelers",
+                    xlabel="episodes")
+    trainer.train(plot=plot, progress=progress)
+    win_rate = gold_win_rate(trainer.policy, model, tokenizer, heldout_prompts, gold_fn,
+                             heldout_samples, world.max_new_tokens, config.temperature, seed=seed)
+    return trainer, plot, win_rate
+
+
 def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int = 0,
-                 device: str | None = None, pairs: int = 1000, ppo_steps: int = PPOConfig.steps,
+                 device: str | None = None, pairs: int = 1000, ppo_steps: int | None = None,
                  cache_dir=None, pretrain_steps: int | None = None, heldout_samples: int = 8,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, method: str = "ppo") -> dict:
     """Run every stage and write ``out`` (see the module docstring); returns the metrics.
+
+    method: the RL stage, "ppo", "rloo" or "grpo"; ppo_steps: its iterations (default: the
+        method's config).
 
     cache_dir: where the base model is cached (default ``out/runs``); give a shared folder
         (e.g. ``notebooks/runs``) to skip pretraining when that model is there already.
@@ -78,18 +105,17 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
     reward_model.save(os.path.join(out, "reward_model"))
     stage("reward_model", begun)
 
-    # --- 4. PPO against the reward model; the gold judge only watches
+    # --- 4. RL against the reward model; the gold judge only watches
+    if method not in critic_free.METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(critic_free.METHODS)}")
     begun = time.perf_counter()
-    train_prompts, heldout_prompts = world.split_prompts()
-    gold_fn = lambda prompts, texts: world.gold_many(prompts, texts, crit)  # noqa: E731
-    config = PPOConfig(steps=ppo_steps, max_new_tokens=world.max_new_tokens, seed=seed)
-    trainer = PPOTrainer(model, tokenizer, reward_model, train_prompts, config, gold_fn=gold_fn)
-    plot = LivePlot(PLOT_METRICS, title=f"PPO on {task}, {crit.name} labelers", xlabel="episodes")
-    history = trainer.train(plot=plot, progress=progress)
-    win_rate = gold_win_rate(trainer.policy, model, tokenizer, heldout_prompts, gold_fn, heldout_samples,
-                             world.max_new_tokens, config.temperature, seed=seed)
+    trainer, plot, win_rate = rl_stage(method, model, tokenizer, reward_model, world, crit,
+                                       ppo_steps, seed, heldout_samples, progress)
+    history = trainer.history
     save_model(trainer.policy, tokenizer, os.path.join(out, "policy"))
-    stage("ppo", begun)
+    stage("rl", begun)
+    if method == "ppo":
+        stage_seconds["ppo"] = stage_seconds["rl"]
 
     # --- write metrics, logs and plots
     first, last = history[0], history[-1]
@@ -98,25 +124,29 @@ def run_pipeline(out, task: str = "trivia", criteria: str = "helpful", seed: int
         "stage_seconds": stage_seconds,
         "device": device,
         "seed": seed,
+        "method": method,
         "reward_model": {
             "n_train_pairs": rm_history["n_train"],
             "heldout_accuracy": rm_eval.get("accuracy"),
             "gold_agreement": rm_eval.get("gold_agreement"),
             "noise_ceiling_accuracy": rm_eval.get("noise_ceiling_accuracy"),
         },
-        "ppo": {
+        "rl": {
             "episodes": last["episodes"],
             "initial_reward": first["reward"], "final_reward": last["reward"],
             "initial_gold": first["gold"], "final_gold": last["gold"],
             "final_kl": last["kl"],
-            "gold_win_rate_vs_base": win_rate,
+            "gold_win_rate_vs_base": float(win_rate),
+            "gold_win_rate_vs_base_ci95": win_rate.ci95,
         },
     }
+    if method == "ppo":
+        metrics["ppo"] = dict(metrics["rl"])
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    with open(os.path.join(out, "ppo_history.json"), "w") as f:
+    with open(os.path.join(out, f"{method}_history.json"), "w") as f:
         json.dump(history, f)
-    plot.save(os.path.join(out, "ppo.png"))
+    plot.save(os.path.join(out, f"{method}.png"))
     curves = {"pretrain.png": ({"loss": losses or []}, "pretraining"),
               "reward_model.png": ({"train loss": rm_history["train_loss"]}, "reward model: Bradley-Terry loss")}
     for name, (curve, title) in curves.items():

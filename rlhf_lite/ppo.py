@@ -168,9 +168,10 @@ def kl_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, estimator: str = "k1"
     return torch.expm1(log_r) - log_r
 
 
-def kl_loss(logp, logp_ref, mask, estimator: str = "k3") -> torch.Tensor:
+def kl_loss(logp, logp_ref, mask, estimator: str = "k3", aggregate=masked_mean) -> torch.Tensor:
     """The KL penalty as a loss term (GRPO; Shao et al. 2024): mean_t k(logp_t, logp_ref_t),
-    with the gradient flowing through logp_t (the tokens stay the sampled ones).
+    with the gradient flowing through logp_t (the tokens stay the sampled ones). ``aggregate``
+    turns per-token terms into one number, as for ``policy_loss`` (default: the token mean).
 
     Which estimator carries the right gradient depends on where it acts. As a *loss*, with
     y_t ~ pi fixed: grad k1 = grad log pi, whose mean under pi is 0 (no pull at all);
@@ -181,7 +182,7 @@ def kl_loss(logp, logp_ref, mask, estimator: str = "k3") -> torch.Tensor:
     pull only to second order near pi_ref (k3 = (log r)^2 / 2 + O(log r^3)): that is why
     ``PPOConfig`` pairs k1 with the reward and k2/k3 with the loss.
     """
-    return masked_mean(kl_penalty(logp, logp_ref, estimator), mask)
+    return aggregate(kl_penalty(logp, logp_ref, estimator), mask)
 
 
 def per_token_rewards(scores, kl, mask, kl_coef: float) -> torch.Tensor:
@@ -213,22 +214,25 @@ def gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     return advantages, advantages + values
 
 
-def policy_loss(logp, logp_old, advantages, mask, clip_range: float | None = 0.2):
+def policy_loss(logp, logp_old, advantages, mask, clip_range: float | None = 0.2,
+                aggregate=masked_mean):
     """The clipped surrogate objective of PPO (Schulman et al. 2017), as a loss to minimise:
 
         rho_t = exp(logp_t - logp_old_t)
         L     = -mean_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)
 
+    ``aggregate(x, mask)`` is the mean_t: over every real token of the batch by default
+    (``critic_free.aggregate`` has GRPO's per-completion mean and Dr. GRPO's constant).
     Returns (loss, clip fraction, approx-KL(pi_old || pi)); the last two are diagnostics.
     """
     log_ratio = logp - logp_old
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     if clip_range is None:
-        loss, clipfrac = masked_mean(unclipped, mask), torch.zeros(())
+        loss, clipfrac = aggregate(unclipped, mask), torch.zeros(())
     else:
         clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
-        loss = masked_mean(torch.max(unclipped, clipped), mask)
+        loss = aggregate(torch.max(unclipped, clipped), mask)
         clipfrac = masked_mean(((ratio - 1).abs() > clip_range).float(), mask)
     approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)  # k3 (Schulman 2020), as CleanRL
     return loss, clipfrac.detach(), approx_kl.detach()
@@ -361,9 +365,12 @@ class PPOTrainer:
     frozen copy of the model as given, so the caller's model stays the base model.
     """
 
+    name = "PPO"
+    config_class = PPOConfig
+
     def __init__(self, policy, tokenizer, reward, prompts, config: PPOConfig | None = None,
                  gold_fn=None):
-        self.config = config = config or PPOConfig()
+        self.config = config = config or self.config_class()
         if not prompts:
             raise ValueError("PPOTrainer needs a non-empty list of training prompts")
         if not (is_reward_model(reward) or callable(reward)):
@@ -373,13 +380,11 @@ class PPOTrainer:
         # --- set up: policy, frozen reference, value model (InstructGPT; Huang et al. 2024)
         self.policy = copy.deepcopy(policy)
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        if config.value_init == "reward_model" and is_reward_model(reward):
-            self.value_model = ValueModel.from_reward_model(reward).to(self.device)
-        else:
-            self.value_model = ValueModel.from_policy(policy)
-        for model in (self.policy, self.value_model):
+        self.value_model = self.make_value_model(policy, reward)   # None: no critic (critic_free)
+        models = [m for m in (self.policy, self.value_model) if m is not None]
+        for model in models:
             model.train(not config.disable_dropout)   # eval mode = dropout off (Huang et al. 2024)
-        self.optimizer = torch.optim.Adam(list(self.policy.parameters()) + list(self.value_model.parameters()),
+        self.optimizer = torch.optim.Adam([p for m in models for p in m.parameters()],
                                           lr=config.learning_rate, eps=1e-5)  # eps 1e-5: CleanRL, Huang et al.
         self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                               if config.adaptive_kl else FixedKLController(config.kl_coef))
@@ -390,7 +395,17 @@ class PPOTrainer:
         if config.normalize_reward and not is_reward_model(reward):
             self._fit_reward_normalisation()
 
+    def make_value_model(self, policy, reward) -> "ValueModel | None":
+        """The critic, from the reward model (InstructGPT) or the policy (``value_init``)."""
+        if self.config.value_init == "reward_model" and is_reward_model(reward):
+            return ValueModel.from_reward_model(reward).to(self.device)
+        return ValueModel.from_policy(policy)
+
     # --- collect ------------------------------------------------------------------------------
+
+    def episode_prompts(self) -> list[str]:
+        """The prompts of one iteration: ``batch_size`` drawn at random."""
+        return [self.rng.choice(self.prompts) for _ in range(self.config.batch_size)]
 
     def sample(self, prompts, seed=None) -> Completions:
         cfg = self.config
@@ -430,46 +445,59 @@ class PPOTrainer:
             scores = scores - cfg.missing_eos_penalty * (~batch.ended).float()
         logp, entropy = self.logprobs(self.policy, batch, return_entropy=True)   # once per batch
         logp_ref = self.logprobs(self.reference, batch)
-        values = self.value_model(batch)
+        values = self.value_model(batch) if self.value_model is not None else None
         timings["scoring"] = time.perf_counter() - start
         kl = kl_penalty(logp, logp_ref, "k1") * mask            # logged; the reward's penalty
         kl_coef = self.kl_controller.value if cfg.kl_in == "reward" else 0.0
         rewards = per_token_rewards(scores, kl, mask, kl_coef)
         if cfg.whiten_rewards:                                   # TRL's whiten_rewards
             rewards = whiten(rewards, mask, shift_mean=False)
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:                                # Huang et al. 2024
-            advantages = whiten(advantages, mask)
+        advantages, returns = self.advantages(rewards, values, mask)
         return Rollout(batch, logp, logp_ref, entropy, values, scores, raw, kl, rewards, advantages, returns)
 
+    def advantages(self, rewards, values, mask):
+        """(A_t, R_t): GAE and the value targets; A_t whitened in the batch (Huang et al. 2024)."""
+        advantages, returns = gae(rewards, values, mask, self.config.gamma, self.config.lam)
+        if self.config.whiten_advantages:
+            advantages = whiten(advantages, mask)
+        return advantages, returns
+
     # --- update -------------------------------------------------------------------------------
+
+    def aggregate(self, x, mask) -> torch.Tensor:
+        """Per-token loss terms to one number: the mean over every real token of the minibatch."""
+        return masked_mean(x, mask)
 
     def update(self, ro: Rollout) -> dict:
         """``ppo_epochs`` passes of minibatch steps on the clipped policy and value losses."""
         cfg = self.config
         mask = ro.batch.completion_mask.float()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        stats = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": []}
+        stats = {}
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(ro.batch.texts), generator=self.generator).to(self.device)
             for idx in order.split(cfg.minibatch_size):
                 minibatch = take(ro.batch, idx)
                 logp = self.logprobs(self.policy, minibatch)       # one forward of the policy
-                pg_loss, clipfrac, approx_kl = policy_loss(logp, ro.logp[idx], ro.advantages[idx],
-                                                           mask[idx], cfg.clip_range)
-                vf_loss = value_loss(self.value_model(minibatch), ro.values[idx], ro.returns[idx],
-                                     mask[idx], cfg.clip_range_value)
-                loss = pg_loss + cfg.value_coef * vf_loss
+                pg_loss, clipfrac, approx_kl = policy_loss(
+                    logp, ro.logp[idx], ro.advantages[idx], mask[idx], cfg.clip_range, self.aggregate)
+                terms = {"policy_loss": pg_loss, "clipfrac": clipfrac, "approx_kl": approx_kl}
+                loss = pg_loss
+                if self.value_model is not None:
+                    terms["value_loss"] = value_loss(
+                        self.value_model(minibatch), ro.values[idx], ro.returns[idx], mask[idx],
+                        cfg.clip_range_value)
+                    loss = loss + cfg.value_coef * terms["value_loss"]
                 if cfg.kl_in == "loss":                            # GRPO's KL term, see kl_loss
                     loss = loss + self.kl_controller.value * kl_loss(
-                        logp, ro.logp_ref[idx], mask[idx], cfg.kl_estimator)
+                        logp, ro.logp_ref[idx], mask[idx], cfg.kl_estimator, self.aggregate)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
-                for key, value in zip(stats, (pg_loss, vf_loss, clipfrac, approx_kl)):
-                    stats[key].append(value.item())
+                for key, value in terms.items():
+                    stats.setdefault(key, []).append(value.item())
         return {key: sum(v) / len(v) for key, v in stats.items()}
 
     # --- log ----------------------------------------------------------------------------------
@@ -477,7 +505,7 @@ class PPOTrainer:
     def step(self) -> dict:
         """One PPO iteration: collect a batch, update, and return its log entry."""
         cfg = self.config
-        prompts = [self.rng.choice(self.prompts) for _ in range(cfg.batch_size)]
+        prompts = self.episode_prompts()
         timings = {}
         ro = self.rollout(prompts, seed=cfg.seed * 100_003 + self.iteration, timings=timings)
         start = time.perf_counter()
@@ -493,7 +521,7 @@ class PPOTrainer:
             "kl": kl,
             "kl_coef": self.kl_controller.value,
             "entropy": masked_mean(ro.entropy, mask).item(),
-            "explained_variance": explained_variance(ro.values, ro.returns, mask),
+            **self.diagnostics(ro),
             "length": ro.batch.lengths.float().mean().item(),
             "eos_fraction": ro.batch.ended.float().mean().item(),
             **update_stats,
@@ -506,9 +534,15 @@ class PPOTrainer:
         self.history.append(entry)
         return entry
 
+    def diagnostics(self, ro: Rollout) -> dict:
+        """What tells a healthy run from a sick one, beyond the shared log: the critic's fit."""
+        mask = ro.batch.completion_mask.float()
+        return {"explained_variance": explained_variance(ro.values, ro.returns, mask)}
+
     def train(self, steps: int | None = None, plot=None, progress: bool = True) -> list[dict]:
         """Run ``steps`` iterations (default ``config.steps``); ``plot``: a ``LivePlot`` to update."""
-        for _ in (bar := tqdm(range(steps or self.config.steps), desc="PPO", disable=not progress)):
+        steps = steps or self.config.steps
+        for _ in (bar := tqdm(range(steps), desc=self.name, disable=not progress)):
             entry = self.step()
             bar.set_postfix(reward=f"{entry['reward']:.2f}", kl=f"{entry['kl']:.2f}",
                             **({"gold": f"{entry['gold']:.2f}"} if entry["gold"] is not None else {}))
