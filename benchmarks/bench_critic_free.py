@@ -56,15 +56,18 @@ for method in args.methods:
     trainer, _, win_rate = rl_stage(method, model, tokenizer, reward_model, world, criteria,
                                     args.steps, args.seed)
     seconds = time.perf_counter() - begun
-    train_seconds = sum(sum(h["seconds"].values()) for h in trainer.history)
-    rows.append((method, seconds, train_seconds, trainer.history[-1], win_rate))
+    phases = {k: sum(h["seconds"][k] for h in trainer.history)
+              for k in ("generation", "scoring", "update")}
+    rows.append((method, seconds, phases, trainer.history[-1], win_rate))
     print(f"{method} done, {load()}", flush=True)
 
 ppo_seconds = next((s for m, s, *_ in rows if m == "ppo"), None)
-print(f"\n{'method':<7}{'RL s':>7}{'vs PPO':>8}{'train s':>9}{'episodes':>9}{'final KL':>9}"
-      f"  gold_win_rate_vs_base [95% CI]")
-for method, seconds, train_seconds, last, win_rate in rows:
+print(f"\n{'method':<7}{'RL s':>7}{'vs PPO':>8}   training s: generation scoring update"
+      f"{'episodes':>10}{'KL':>6}  gold_win_rate_vs_base [95% CI]")
+for method, seconds, phases, last, win_rate in rows:
     ratio = f"{seconds / ppo_seconds:.2f}" if ppo_seconds else "-"
-    print(f"{method:<7}{seconds:>7.1f}{ratio:>8}{train_seconds:>9.1f}{last['episodes']:>9}"
-          f"{last['kl']:>9.2f}  {win_rate.value:.3f} [{win_rate.low:.3f}, {win_rate.high:.3f}] "
+    print(f"{method:<7}{seconds:>7.1f}{ratio:>8}{'':>14}{phases['generation']:>11.1f}"
+          f"{phases['scoring']:>8.1f}{phases['update']:>7.1f}{last['episodes']:>10}"
+          f"{last['kl']:>6.2f}"
+          f"  {win_rate.value:.3f} [{win_rate.low:.3f}, {win_rate.high:.3f}] "
           f"(n={win_rate.n}, {win_rate.groups} prompts)")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rlhf_lite.critic_free import (METHODS, CriticFreeConfig, GRPOConfig, GRPOTrainer, RLOOConfig,
-                                   RLOOTrainer, aggregate, grpo_advantages, rloo_advantages,
-                                   verifiable_reward)
+                                   RLOOTrainer, aggregate, grpo_advantages, held_bytes,
+                                   peak_rss_growth, rloo_advantages, verifiable_reward)
 from rlhf_lite.ppo import PPOTrainer, kl_loss
 from rlhf_lite.preferences import make_preference_dataset
 from rlhf_lite.reward_model import train_reward_model
@@ -169,3 +169,23 @@ def test_methods_share_ppos_machinery():
         assert issubclass(trainer_class, PPOTrainer)
         for method in ("rollout", "update", "step", "train", "sample", "logprobs", "raw_score"):
             assert getattr(trainer_class, method) is getattr(PPOTrainer, method), (name, method)
+
+
+def test_held_bytes_counts_the_critic_and_adams_state(world, base):
+    model, tokenizer = base
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    for trainer_class, critic in ((PPOTrainer, True), (GRPOTrainer, False)):
+        config = trainer_class.config_class(batch_size=16, steps=1)
+        trainer = trainer_class(model, tokenizer, gold(world), world.prompts, config)
+        trainer.train(progress=False)
+        held = held_bytes(trainer)
+        assert held["policy"] == held["reference"] == params and held["reward model"] == 0
+        assert (held["critic"] > 0) == critic
+        trained = held["policy"] + held["critic"]        # Adam: two numbers a trained parameter
+        assert 2 * trained <= held["optimizer state"] < 2 * trained + 4096
+
+
+def test_peak_rss_growth_sees_an_allocation():
+    result, grown = peak_rss_growth(lambda: float(torch.ones(64 * 2**20 // 4).sum()))
+    assert result == 64 * 2**20 // 4
+    assert grown > 48 * 2**20                            # a 64 MiB tensor, touched
