@@ -9,6 +9,7 @@ One module a stage, each read top to bottom:
   labeling widget (the only module that needs the course extra, ipywidgets)
 - ``reward_model`` (stage 2): the Bradley-Terry reward model, its training and evaluation
 - ``ppo`` (stage 3): PPO against a reward model or any reward function
+- ``critic_free``: RLOO and GRPO (and Dr. GRPO) on PPO's machinery, a verifiable reward
 - ``dpo`` and ``beyond``: DPO, the SFT baseline, best-of-n, reward over-optimisation
 - ``pipeline``: every stage headless (``rlhf-lite pipeline``); ``plots``: the shared plots;
   ``callbacks``: logs of every trainer (TensorBoard, JSON Lines, the ``rlhf_lite`` logger)

@@ -68,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="your labels (a label-store file, or TRL prompt/chosen/rejected JSON Lines): your "
              "taste is fitted to them and a stand-in with that taste labels the rest")
     pipeline.add_argument("--pairs", type=positive_int, default=1000, help="labelled pairs (default 1000)")
-    pipeline.add_argument("--ppo-steps", type=positive_int, default=PPOConfig.steps,
-                          help=f"PPO iterations of {PPOConfig.batch_size} episodes (default {PPOConfig.steps})")
+    pipeline.add_argument("--method", choices=("ppo", "rloo", "grpo"), default="ppo",
+                          help="the RL stage: PPO, or the critic-free RLOO or GRPO (default ppo)")
+    pipeline.add_argument("--ppo-steps", type=positive_int, default=None,
+                          help=f"iterations of the RL stage, {PPOConfig.batch_size} episodes "
+                               f"each (default: the method's; PPO's is {PPOConfig.steps})")
     pipeline.add_argument("--pretrain-steps", type=positive_int, default=None,
                           help="pretraining steps of the base model (default: the course's)")
     pipeline.add_argument("--threads", type=positive_int, default=None,
@@ -97,7 +100,8 @@ def main(argv=None) -> int:
         metrics = run_pipeline(args.out, task=args.task, criteria=args.criteria, seed=args.seed, device=args.device,
                                pairs=args.pairs, ppo_steps=args.ppo_steps, cache_dir=args.cache_dir,
                                pretrain_steps=args.pretrain_steps, labels=args.labels,
-                               tensorboard=args.tensorboard, resume=args.resume)
+                               tensorboard=args.tensorboard, resume=args.resume,
+                               method=args.method)
         print(json.dumps(metrics, indent=2))
         print(f"wrote {args.out}/metrics.json and the plots", file=sys.stderr)
     return 0

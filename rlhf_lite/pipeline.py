@@ -1,28 +1,32 @@
 """The whole of RLHF in one call, with simulated labelers: what ``rlhf-lite pipeline`` runs.
 
-    pretrain the base model -> sample pairs, label them -> train the reward model -> PPO
+    pretrain the base model -> sample pairs, label them -> train the reward model -> RL
 
-and then the gold judge's verdict: on held-out prompts, how often the PPO policy's answer beats
-the base model's (``gold_win_rate_vs_base``). Writes ``OUT/metrics.json`` (keys below, stable so
-that scripts can read them), the plots (``pretrain.png``, ``reward_model.png``, ``ppo.png``), the
-labelled pairs (``comparisons.jsonl``, TRL's format), the PPO log (``ppo_history.json``), the
-trained models (``reward_model/``, ``policy/``) and PPO's last checkpoint (``checkpoints/``).
+where RL is PPO, RLOO or GRPO (``method``, ``critic_free.METHODS``), and then the gold judge's
+verdict: on held-out prompts, how often the RL policy's answer beats the base model's
+(``gold_win_rate_vs_base``, with its 95% interval). Writes ``OUT/metrics.json`` (keys below,
+stable so that scripts can read them), the plots (``pretrain.png``, ``reward_model.png``,
+``<method>.png``), the labelled pairs (``comparisons.jsonl``, TRL's format), the RL log
+(``<method>_history.json``), the trained models (``reward_model/``, ``policy/``) and the RL
+stage's last checkpoint (``checkpoints/``).
 
 metrics.json::
 
-    seconds, stage_seconds: {pretrain, pairs, reward_model, ppo}, device, seed,
+    seconds, stage_seconds: {pretrain, pairs, reward_model, rl, ppo (with --method ppo)},
+    device, seed, method,
     reward_model: {n_train_pairs, n_heldout_pairs, heldout_accuracy, heldout_accuracy_ci95,
                    gold_agreement, gold_utility_accuracy, noise_ceiling_accuracy},
-    ppo: {episodes, initial_reward, final_reward, initial_gold, final_gold, final_kl,
-          gold_win_rate_vs_base, gold_win_rate_vs_base_ci95, gold_win_rate_n,
-          gold_win_rate_prompts}
+    rl (any method) and ppo (with --method ppo, the same values):
+        {episodes, initial_reward, final_reward, initial_gold, final_gold, final_kl,
+         gold_win_rate_vs_base, gold_win_rate_vs_base_ci95, gold_win_rate_n,
+         gold_win_rate_prompts}
 
 With ``labels`` (a learner's labels), your taste is fitted to them and a stand-in with that
 taste labels the rest of the pairs (``taste.training_labels``); gold is then the judge under
 your taste, and metrics.json gains ``labels: {yours, stand_in, taste: {feature: weight},
 taste_fitted}``.
 
-``initial_*`` are the first PPO batch's means (the base model), ``final_*`` the last batch's;
+``initial_*`` are the first RL batch's means (the base model), ``final_*`` the last batch's;
 rewards are the reward model's normalised scores, gold the judge's utility under ``criteria``,
 KL in nats per completion. The reward model is judged on ``n_heldout_pairs`` fresh pairs whose
 prompts ask facts no training prompt asks, labelled by the same labeler; ``*_ci95`` are 95%
@@ -41,19 +45,45 @@ import matplotlib.pyplot as plt
 from .callbacks import TensorBoardWriter
 from .models import get_base_model, pick_device, save_model
 from .plots import LivePlot, plot_curves
-from .ppo import PLOT_METRICS, PPOConfig, PPOTrainer, gold_win_rate
+from . import critic_free
+from .ppo import PLOT_METRICS, gold_win_rate
 from .preferences import draw_pairs, make_preference_dataset, write_trl_jsonl
 from .reward_model import evaluate, train_reward_model
 from .taste import training_labels
 from .world import SimulatedLabeler, World, get_criteria
 
 
+def rl_stage(method, model, tokenizer, reward_model, world, criteria, steps=None, seed=0,
+             heldout_samples: int = 16, progress: bool = True, callbacks=(),
+             checkpoint_dir=None, resume: bool = False):
+    """Stage 4: train ``method`` ("ppo", "rloo" or "grpo") with its default config against the
+    reward model on the training prompts, the gold judge only watching; then its gold win rate
+    against the base model on the held-out prompts. Returns (trainer, plot, win rate)."""
+    trainer_class = critic_free.METHODS[method]
+    train_prompts, heldout_prompts = world.split_prompts()
+    gold_fn = lambda prompts, texts: world.gold_many(prompts, texts, criteria)  # noqa: E731
+    config = trainer_class.config_class(max_new_tokens=world.max_new_tokens, seed=seed,
+                                        **({"steps": steps} if steps else {}))
+    trainer = trainer_class(model, tokenizer, reward_model, train_prompts, config, gold_fn=gold_fn)
+    metrics = PLOT_METRICS if method == "ppo" else critic_free.PLOT_METRICS
+    plot = LivePlot(metrics, title=f"{trainer.name} on {world.task.name}, "
+                    f"{get_criteria(criteria).name} labelers", xlabel="episodes")
+    trainer.train(plot=plot, progress=progress, callbacks=callbacks,
+                  checkpoint_dir=checkpoint_dir, resume=resume)
+    win_rate = gold_win_rate(trainer.policy, model, tokenizer, heldout_prompts, gold_fn,
+                             heldout_samples, world.max_new_tokens, config.temperature, seed=seed)
+    return trainer, plot, win_rate
+
+
 def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: int = 0,
-                 device: str | None = None, pairs: int = 1000, ppo_steps: int = PPOConfig.steps,
+                 device: str | None = None, pairs: int = 1000, ppo_steps: int | None = None,
                  cache_dir=None, pretrain_steps: int | None = None, heldout_samples: int = 16,
                  heldout_pairs: int = 1000, progress: bool = True, labels=None, tensorboard=None,
-                 resume: bool = False) -> dict:
+                 resume: bool = False, method: str = "ppo") -> dict:
     """Run every stage and write ``out`` (see the module docstring); returns the metrics.
+
+    method: the RL stage, "ppo", "rloo" or "grpo"; ppo_steps: its iterations (default: the
+        method's config).
 
     cache_dir: where the base model is cached (default ``out/runs``); give a shared folder
         (e.g. ``notebooks/runs``) to skip pretraining when that model is there already.
@@ -113,18 +143,18 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
     reward_model.save(os.path.join(out, "reward_model"))
     stage("reward_model", begun)
 
-    # --- 4. PPO against the reward model; the gold judge only watches
+    # --- 4. RL against the reward model; the gold judge only watches
+    if method not in critic_free.METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(critic_free.METHODS)}")
     begun = time.perf_counter()
-    gold_fn = lambda prompts, texts: world.gold_many(prompts, texts, crit)  # noqa: E731
-    config = PPOConfig(steps=ppo_steps, max_new_tokens=world.max_new_tokens, seed=seed)
-    trainer = PPOTrainer(model, tokenizer, reward_model, train_prompts, config, gold_fn=gold_fn)
-    plot = LivePlot(PLOT_METRICS, title=f"PPO on {task}, {crit.name} labelers", xlabel="episodes")
-    history = trainer.train(plot=plot, progress=progress, callbacks=callbacks, resume=resume,
-                            checkpoint_dir=os.path.join(out, "checkpoints"))
-    win_rate = gold_win_rate(trainer.policy, model, tokenizer, heldout_prompts, gold_fn, heldout_samples,
-                             world.max_new_tokens, config.temperature, seed=seed)
+    trainer, plot, win_rate = rl_stage(method, model, tokenizer, reward_model, world, crit,
+                                       ppo_steps, seed, heldout_samples, progress, callbacks,
+                                       os.path.join(out, "checkpoints"), resume)
+    history = trainer.history
     save_model(trainer.policy, tokenizer, os.path.join(out, "policy"))
-    stage("ppo", begun)
+    stage("rl", begun)
+    if method == "ppo":
+        stage_seconds["ppo"] = stage_seconds["rl"]
 
     # --- write metrics, logs and plots
     for callback in callbacks:
@@ -135,6 +165,7 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
         "stage_seconds": stage_seconds,
         "device": device,
         "seed": seed,
+        "method": method,
         "reward_model": {
             "n_train_pairs": rm_history["n_train"],
             "n_heldout_pairs": rm_eval["accuracy"].n,
@@ -144,7 +175,7 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
             "gold_utility_accuracy": rm_eval["gold_accuracy"].value,
             "noise_ceiling_accuracy": rm_eval["noise_ceiling_accuracy"],
         },
-        "ppo": {
+        "rl": {
             "episodes": last["episodes"],
             "initial_reward": first["reward"], "final_reward": last["reward"],
             "initial_gold": first["gold"], "final_gold": last["gold"],
@@ -155,13 +186,15 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
             "gold_win_rate_prompts": win_rate.groups,
         },
     }
+    if method == "ppo":
+        metrics["ppo"] = dict(metrics["rl"])
     if labels is not None:
         metrics["labels"] = yours.metrics()
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    with open(os.path.join(out, "ppo_history.json"), "w") as f:
+    with open(os.path.join(out, f"{method}_history.json"), "w") as f:
         json.dump(history, f)
-    plot.save(os.path.join(out, "ppo.png"))
+    plot.save(os.path.join(out, f"{method}.png"))
     curves = {"pretrain.png": ({"loss": losses or []}, "pretraining"),
               "reward_model.png": ({"train loss": rm_history["train_loss"]}, "reward model: Bradley-Terry loss")}
     for name, (curve, title) in curves.items():

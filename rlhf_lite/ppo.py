@@ -34,6 +34,7 @@ Divergence", http://joschu.net/blog/kl-approx.html).
 """
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import logging
@@ -180,9 +181,10 @@ def kl_penalty(logp: torch.Tensor, logp_ref: torch.Tensor, estimator: str = "k1"
     return torch.expm1(log_r) - log_r
 
 
-def kl_loss(logp, logp_ref, mask, estimator: str = "k3") -> torch.Tensor:
+def kl_loss(logp, logp_ref, mask, estimator: str = "k3", aggregate=masked_mean) -> torch.Tensor:
     """The KL penalty as a loss term (GRPO; Shao et al. 2024): mean_t k(logp_t, logp_ref_t),
-    with the gradient flowing through logp_t (the tokens stay the sampled ones).
+    with the gradient flowing through logp_t (the tokens stay the sampled ones). ``aggregate``
+    turns per-token terms into one number, as for ``policy_loss`` (default: the token mean).
 
     Which estimator carries the right gradient depends on where it acts. As a *loss*, with
     y_t ~ pi fixed: grad k1 = grad log pi, whose mean under pi is 0 (no pull at all);
@@ -193,7 +195,7 @@ def kl_loss(logp, logp_ref, mask, estimator: str = "k3") -> torch.Tensor:
     pull only to second order near pi_ref (k3 = (log r)^2 / 2 + O(log r^3)): that is why
     ``PPOConfig`` pairs k1 with the reward and k2/k3 with the loss.
     """
-    return masked_mean(kl_penalty(logp, logp_ref, estimator), mask)
+    return aggregate(kl_penalty(logp, logp_ref, estimator), mask)
 
 
 def per_token_rewards(scores, kl, mask, kl_coef: float) -> torch.Tensor:
@@ -225,22 +227,25 @@ def gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     return advantages, advantages + values
 
 
-def policy_loss(logp, logp_old, advantages, mask, clip_range: float | None = 0.2):
+def policy_loss(logp, logp_old, advantages, mask, clip_range: float | None = 0.2,
+                aggregate=masked_mean):
     """The clipped surrogate objective of PPO (Schulman et al. 2017), as a loss to minimise:
 
         rho_t = exp(logp_t - logp_old_t)
         L     = -mean_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)
 
+    ``aggregate(x, mask)`` is the mean_t: over every real token of the batch by default
+    (``critic_free.aggregate`` has GRPO's per-completion mean and Dr. GRPO's constant).
     Returns (loss, clip fraction, approx-KL(pi_old || pi)); the last two are diagnostics.
     """
     log_ratio = logp - logp_old
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     if clip_range is None:
-        loss, clipfrac = masked_mean(unclipped, mask), torch.zeros(())
+        loss, clipfrac = aggregate(unclipped, mask), torch.zeros(())
     else:
         clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
-        loss = masked_mean(torch.max(unclipped, clipped), mask)
+        loss = aggregate(torch.max(unclipped, clipped), mask)
         clipfrac = masked_mean(((ratio - 1).abs() > clip_range).float(), mask)
     approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)  # k3 (Schulman 2020), as CleanRL
     return loss, clipfrac.detach(), approx_kl.detach()
@@ -447,10 +452,13 @@ class PPOTrainer:
     """
     stage = "ppo"   # the name its callbacks and logs get
 
+    name = "PPO"
+    config_class = PPOConfig
+
     def __init__(self, policy, tokenizer, reward, prompts, config: PPOConfig | None = None,
                  gold_fn=None, rewards_fn=per_token_rewards, advantages_fn=gae,
                  policy_loss_fn=None):
-        self.config = config = config or PPOConfig()
+        self.config = config = config or self.config_class()
         # the pieces a learner can swap for their own, checked by rlhf_lite.exercises.use
         self.rewards_fn, self.advantages_fn = rewards_fn, advantages_fn
         self.policy_loss_fn = policy_loss_fn
@@ -463,13 +471,11 @@ class PPOTrainer:
         # --- set up: policy, frozen reference, value model (InstructGPT; Huang et al. 2024)
         self.policy = copy.deepcopy(policy)
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        if config.value_init == "reward_model" and is_reward_model(reward):
-            self.value_model = ValueModel.from_reward_model(reward).to(self.device)
-        else:
-            self.value_model = ValueModel.from_policy(policy)
-        for model in (self.policy, self.value_model):
+        self.value_model = self.make_value_model(policy, reward)   # None: no critic (critic_free)
+        models = [m for m in (self.policy, self.value_model) if m is not None]
+        for model in models:
             model.train(not config.disable_dropout)   # eval mode = dropout off (Huang et al. 2024)
-        self.optimizer = torch.optim.Adam(list(self.policy.parameters()) + list(self.value_model.parameters()),
+        self.optimizer = torch.optim.Adam([p for m in models for p in m.parameters()],
                                           lr=config.learning_rate, eps=1e-5)  # eps 1e-5: CleanRL, Huang et al.
         self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
                               if config.adaptive_kl else FixedKLController(config.kl_coef))
@@ -480,7 +486,17 @@ class PPOTrainer:
         if config.normalize_reward and not is_reward_model(reward):
             self._fit_reward_normalisation()
 
+    def make_value_model(self, policy, reward) -> "ValueModel | None":
+        """The critic, from the reward model (InstructGPT) or the policy (``value_init``)."""
+        if self.config.value_init == "reward_model" and is_reward_model(reward):
+            return ValueModel.from_reward_model(reward).to(self.device)
+        return ValueModel.from_policy(policy)
+
     # --- collect ------------------------------------------------------------------------------
+
+    def episode_prompts(self) -> list[str]:
+        """The prompts of one iteration: ``batch_size`` drawn at random."""
+        return [self.rng.choice(self.prompts) for _ in range(self.config.batch_size)]
 
     def sample(self, prompts, seed=None) -> Completions:
         cfg = self.config
@@ -521,57 +537,77 @@ class PPOTrainer:
         chunks = cfg.length_chunks
         logp, entropy = by_length(lambda b: self.logprobs(self.policy, b, True), batch, chunks)
         logp_ref = by_length(lambda b: self.logprobs(self.reference, b), batch, chunks)
-        values = by_length(self.value_model, batch, chunks)
+        values = (by_length(self.value_model, batch, chunks) if self.value_model is not None
+                  else None)
         timings["scoring"] = time.perf_counter() - start
         kl = kl_penalty(logp, logp_ref, "k1") * mask            # logged; the reward's penalty
         kl_coef = self.kl_controller.value if cfg.kl_in == "reward" else 0.0
         rewards = self.rewards_fn(scores, kl, mask, kl_coef)
         if cfg.whiten_rewards:                                   # TRL's whiten_rewards
             rewards = whiten(rewards, mask, shift_mean=False)
-        advantages, returns = self.advantages_fn(rewards, values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:                                # Huang et al. 2024
-            advantages = whiten(advantages, mask)
+        advantages, returns = self.advantages(rewards, values, mask)
         return Rollout(batch, logp, logp_ref, entropy, values, scores, raw, kl, rewards, advantages, returns)
 
+    def advantages(self, rewards, values, mask):
+        """(A_t, R_t): GAE and the value targets; A_t whitened in the batch (Huang et al. 2024)."""
+        advantages, returns = self.advantages_fn(rewards, values, mask, self.config.gamma,
+                                                 self.config.lam)
+        if self.config.whiten_advantages:
+            advantages = whiten(advantages, mask)
+        return advantages, returns
+
     # --- update -------------------------------------------------------------------------------
+
+    def aggregate(self, x, mask) -> torch.Tensor:
+        """Per-token loss terms to one number: the mean over every real token of the minibatch."""
+        return masked_mean(x, mask)
+
+    def chunk_weight(self, chunk_mask, minibatch_mask) -> torch.Tensor:
+        """A length chunk's share of the minibatch under ``aggregate``: its share of the real
+        tokens, for the token mean. Chunk losses times their weights add up to the minibatch's."""
+        return chunk_mask.sum() / minibatch_mask.sum()
 
     def update(self, ro: Rollout) -> dict:
         """``ppo_epochs`` passes of minibatch steps on the clipped policy and value losses."""
         cfg = self.config
         mask = ro.batch.completion_mask.float()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        stats = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": []}
+        stats = {}
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(ro.batch.texts), generator=self.generator).to(self.device)
             for idx in order.split(cfg.minibatch_size):
                 self.optimizer.zero_grad(set_to_none=True)
-                totals = dict.fromkeys(stats, 0.0)
-                n_tokens = mask[idx].sum()
+                totals = collections.Counter()
                 for rows, width in length_chunks(ro.batch, idx, cfg.length_chunks):
-                    # a chunk's masked means, weighted by its share of the minibatch's tokens,
-                    # add up to the minibatch's: the gradient is that of one pass
+                    # each chunk's loss, weighted by its share of the minibatch, adds up to the
+                    # minibatch's loss: the gradient is that of one pass (see by_length)
                     minibatch, m = take(ro.batch, rows, width), mask[rows, :width]
-                    share = m.sum() / n_tokens
+                    weight = self.chunk_weight(m, mask[idx])
+                    token_share = float(m.sum() / mask[idx].sum())     # for the token means
                     logp = self.logprobs(self.policy, minibatch)     # one forward of the policy
                     old_logp, advantages = ro.logp[rows, :width], ro.advantages[rows, :width]
                     pg_loss, clipfrac, approx_kl = policy_loss(logp, old_logp, advantages, m,
-                                                               cfg.clip_range)
+                                                               cfg.clip_range, self.aggregate)
                     if self.policy_loss_fn is not None:           # a learner's own loss trains
                         pg_loss = self.policy_loss_fn(logp, old_logp, advantages, m, cfg.clip_range)
-                    vf_loss = value_loss(self.value_model(minibatch), ro.values[rows, :width],
-                                         ro.returns[rows, :width], m, cfg.clip_range_value)
-                    loss = pg_loss + cfg.value_coef * vf_loss
+                    loss = pg_loss
+                    totals["policy_loss"] += float(weight) * pg_loss.item()
+                    totals["clipfrac"] += token_share * clipfrac.item()
+                    totals["approx_kl"] += token_share * approx_kl.item()
+                    if self.value_model is not None:
+                        vf_loss = value_loss(self.value_model(minibatch), ro.values[rows, :width],
+                                             ro.returns[rows, :width], m, cfg.clip_range_value)
+                        loss = loss + cfg.value_coef * vf_loss
+                        totals["value_loss"] += token_share * vf_loss.item()
                     if cfg.kl_in == "loss":                          # GRPO's KL term, see kl_loss
                         loss = loss + self.kl_controller.value * kl_loss(
-                            logp, ro.logp_ref[rows, :width], m, cfg.kl_estimator)
-                    (share * loss).backward()
-                    for key, value in zip(stats, (pg_loss, vf_loss, clipfrac, approx_kl)):
-                        totals[key] += float(share) * value.item()
+                            logp, ro.logp_ref[rows, :width], m, cfg.kl_estimator, self.aggregate)
+                    (weight * loss).backward()
                 if cfg.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
-                for key in stats:
-                    stats[key].append(totals[key])
+                for key, value in totals.items():
+                    stats.setdefault(key, []).append(value)
         return {key: sum(v) / len(v) for key, v in stats.items()}
 
     # --- log ----------------------------------------------------------------------------------
@@ -579,7 +615,7 @@ class PPOTrainer:
     def step(self) -> dict:
         """One PPO iteration: collect a batch, update, and return its log entry."""
         cfg = self.config
-        prompts = [self.rng.choice(self.prompts) for _ in range(cfg.batch_size)]
+        prompts = self.episode_prompts()
         timings = {}
         ro = self.rollout(prompts, seed=cfg.seed * 100_003 + self.iteration, timings=timings)
         start = time.perf_counter()
@@ -595,7 +631,7 @@ class PPOTrainer:
             "kl": kl,
             "kl_coef": self.kl_controller.value,
             "entropy": masked_mean(ro.entropy, mask).item(),
-            "explained_variance": explained_variance(ro.values, ro.returns, mask),
+            **self.diagnostics(ro),
             "length": ro.batch.lengths.float().mean().item(),
             "eos_fraction": ro.batch.ended.float().mean().item(),
             **update_stats,
@@ -607,6 +643,11 @@ class PPOTrainer:
         self.iteration += 1
         self.history.append(entry)
         return entry
+
+    def diagnostics(self, ro: Rollout) -> dict:
+        """What tells a healthy run from a sick one, beyond the shared log: the critic's fit."""
+        mask = ro.batch.completion_mask.float()
+        return {"explained_variance": explained_variance(ro.values, ro.returns, mask)}
 
     def train(self, steps: int | None = None, plot=None, progress: bool = True,
               callbacks=(), checkpoint_dir=None, checkpoint_every: int = 10,
@@ -627,7 +668,7 @@ class PPOTrainer:
                 plot.update(entry["episodes"],
                             **{k: v for k, v in entry.items() if isinstance(v, float)})
         todo = (steps or self.config.steps) - (self.iteration if resume else 0)
-        for _ in (bar := tqdm(range(todo), desc="PPO", disable=not progress)):
+        for _ in (bar := tqdm(range(todo), desc=self.name, disable=not progress)):
             entry = self.step()
             bar.set_postfix(reward=f"{entry['reward']:.2f}", kl=f"{entry['kl']:.2f}",
                             **({"gold": f"{entry['gold']:.2f}"} if entry["gold"] is not None else {}))
@@ -646,7 +687,8 @@ class PPOTrainer:
         iteration and the history. One file (``torch.save``), written, then renamed into place."""
         state = dict(config=dataclasses.asdict(self.config), iteration=self.iteration,
                      history=self.history, policy=self.policy.state_dict(),
-                     value_model=self.value_model.state_dict(),
+                     value_model=(None if self.value_model is None
+                                  else self.value_model.state_dict()),
                      optimizer=self.optimizer.state_dict(), kl_coef=self.kl_controller.value,
                      reward_mean=self.reward_mean, reward_std=self.reward_std,
                      rng=self.rng.getstate(), generator=self.generator.get_state())
@@ -665,7 +707,8 @@ class PPOTrainer:
             raise ValueError(f"{path} was saved with other PPO settings ({', '.join(differ)}); "
                              "resume with the same PPOConfig, or start afresh in another folder")
         self.policy.load_state_dict(state["policy"])
-        self.value_model.load_state_dict(state["value_model"])
+        if self.value_model is not None:
+            self.value_model.load_state_dict(state["value_model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl_controller.value = state["kl_coef"]
         self.reward_mean, self.reward_std = state["reward_mean"], state["reward_std"]
