@@ -28,6 +28,7 @@ As in Spinning Up (the learner's function is plugged into a real run) and nn-zer
     clipped_policy_loss   3       ppo.policy_loss, its loss alone    PPOTrainer(policy_loss_fn=)
     dpo_loss              4       dpo.dpo_loss, its loss alone       train_dpo(loss_fn=)
     best_of_n             4       beyond.pick_best                   best_of_n(pick=)
+    group_advantages      5       critic_free.grpo_advantages        GRPOTrainer.group_advantages
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from typing import Callable
 
 import torch
 
-from . import beyond, dpo, ppo, reward_model
+from . import beyond, critic_free, dpo, ppo, reward_model
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 """How close counts as the same: float32 sums in another order differ by about 1e-7."""
@@ -266,6 +267,23 @@ def _reinforce_trial(fn, case):
     return (*names, "the change of the policy's parameters"), (*rewards, after - before)
 
 
+def _group_cases():
+    g = torch.Generator().manual_seed(7)
+    equal = torch.randn(5, 4, generator=g)
+    equal[1] = 0.7                                          # four answers that score the same
+    return [
+        Case("random groups", (torch.randn(6, 4, generator=g), True, 1e-4),
+             "A_i = (R_i - mean_j R_j) / (std_j R_j + eps), over each row (one row a question)",
+             general=True),
+        Case("a group of equal rewards", (equal, True, 1e-4),
+             "a row whose rewards are all equal has std 0: its advantages are 0, not nan"),
+        Case("groups of two", (torch.randn(5, 2, generator=g), True, 1e-4),
+             "the sample std (divide by k - 1, torch's default), not the population one"),
+        Case("Dr. GRPO: no std", (torch.randn(4, 8, generator=g), False, 1e-4),
+             "with scale_by_std=False only the row mean is taken off"),
+    ]
+
+
 EXERCISES_TABLE = {
     "bradley_terry_loss": Exercise(reward_model.bradley_terry_loss, _bradley_terry_cases,
                                    ("loss", "d loss / d r_chosen", "d loss / d r_rejected"),
@@ -280,6 +298,7 @@ EXERCISES_TABLE = {
                           "d loss / d policy_rejected_logps"), (0, 1)),
     "best_of_n": Exercise(beyond.pick_best, _best_of_n_cases, ("kept texts",),
                           compare=_best_of_n_compare),
+    "group_advantages": Exercise(critic_free.grpo_advantages, _group_cases, ("advantages A_i",)),
 }
 """name -> Exercise: the reference, the cases and how to compare (lessons in the docstring)."""
 

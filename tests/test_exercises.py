@@ -289,3 +289,15 @@ def test_reinforce_raises_a_reward_for_short_answers(world, base):
     rewards = [reinforce_step(policy, optimizer, tokenizer, prompts[:32], shorter, 16, seed=s)
                .mean().item() for s in range(12)]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 1.0, rewards
+
+
+def test_group_advantages_with_the_population_std_is_caught(capsys):
+    """GRPO's std is the sample one (k - 1), as in TRL: the population std is a wrong answer."""
+    def population_std(rewards, scale_by_std=True, eps=1e-4):
+        centred = rewards - rewards.mean(1, keepdim=True)
+        if not scale_by_std:
+            return centred
+        return centred / (rewards.std(1, keepdim=True, unbiased=False) + eps)
+    assert check("group_advantages", reference("group_advantages"))
+    assert not check("group_advantages", population_std)
+    assert "groups of two" in capsys.readouterr().out
