@@ -16,7 +16,8 @@ constant; we normalise it to mean 0, std 1 on the base model's own samples at th
 
 The network is the base LM with a new linear head hidden -> 1 (a Hugging Face
 ``AutoModelForSequenceClassification`` with ``num_labels=1``) read at the last real token of
-``prompt completion <eos>``, plus a sum over the completion's tokens that reads the LM's own
+``prompt completion <eos>``. With ``read_log_probs=True`` (lesson 2; not the default, see
+``train_reward_model``) it adds a sum over the completion's tokens that reads the LM's own
 next-token log-probabilities through a learned gate:
 
     r(x, y) = w . h_T + b  +  sum_t g_t * a_t
@@ -395,9 +396,9 @@ def normalize_rewards(reward_model, base_model, tokenizer, prompts, n_samples: i
 
 
 def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1, epochs: int = 3,
-                       lr: float = 5e-4, gate_lr: float = 5e-3, batch_size: int = 32,
+                       lr: float | None = None, gate_lr: float = 5e-3, batch_size: int = 32,
                        weight_decay: float = 0.0, margin: float = 0.0, max_new_tokens: int = 24,
-                       read_log_probs: bool = True, seed: int = 0, device: str | None = None,
+                       read_log_probs: bool = False, seed: int = 0, device: str | None = None,
                        loss_fn=bradley_terry_loss, callbacks=()):
     """Train r(x, y) on judged pairs by minimising the Bradley-Terry loss; returns
     (reward_model, history).
@@ -409,15 +410,18 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     epochs, lr, gate_lr, batch_size: AdamW with a short warm-up and a cosine decay. ``gate_lr``
         for the gate (u, c), ``lr`` for everything else (transformer, LM head, head w, b). A small
         ``lr`` keeps the knowledge that a_t reads: on held-out facts 2e-3 does worse than 5e-4.
-        The defaults (3 epochs, 5e-4 and 5e-3, 32 pairs) fit the tiny base model; a bigger model
-        wants ~1e-5 to 1e-4 for ``lr``.
+        The defaults (3 epochs, 32 pairs; ``lr`` 5e-4 with the token term and 5e-3 for the gate,
+        2e-3 without it) fit the tiny base model; a bigger model wants ~1e-5 to 1e-4 for ``lr``.
     margin: see ``bradley_terry_loss``.
     loss_fn: the training loss, called as ``bradley_terry_loss`` is (a learner's own, checked by
         ``rlhf_lite.exercises.use``); the held-out loss stays ``bradley_terry_loss``.
     max_new_tokens: length of the base-model samples used for the normalisation
         (``world.max_new_tokens``); the prompts are those of the training pairs.
-    read_log_probs: the token term sum_t g_t a_t (module docstring); False trains the plain
-        last-token reward model, to see what the term adds.
+    read_log_probs: add the token term sum_t g_t a_t (module docstring): it judges facts the
+        labels never asked about far better, but it is a sum over tokens whose gate may be
+        negative, and in lesson 3 a PPO run against it learned to pad its answers with repeated
+        phrases that the sum rewards. So the default is the plain last-token reward model, the
+        one PPO, RLOO and GRPO train against; True is the fact-reading one (lesson 2).
     callbacks: functions (stage, step, metrics) called after each step and each held-out
         evaluation (``callbacks.py``).
 
@@ -431,6 +435,7 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     train, held = split_comparisons(comparisons, heldout, seed)
     if not train:
         raise ValueError("no pairs to train on: give comparisons (e.g. make_preference_dataset(...))")
+    lr = lr if lr is not None else (5e-4 if read_log_probs else 2e-3)
     reward_model = RewardModel.from_base(base_model, tokenizer, seed, read_log_probs)
     reward_model = reward_model.to(device).train()
     ids, mask, answer, tie, both_bad = encode_pairs(tokenizer, train, device)

@@ -209,7 +209,8 @@ def trained(base, world):
     heldout = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=2000,
                                       prompts=world.split_prompts()[1], seed=1)
     reward_model, history = train_reward_model(model, tokenizer, train, seed=0,
-                                               max_new_tokens=world.max_new_tokens)
+                                               max_new_tokens=world.max_new_tokens,
+                                               read_log_probs=True)
     return reward_model, history, heldout
 
 
