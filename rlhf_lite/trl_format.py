@@ -42,6 +42,8 @@ import logging
 import os
 import re
 
+from .label_file import _fsync_folder
+
 logger = logging.getLogger(__name__)
 LAYOUTS = ("standard", "conversational")
 
@@ -98,14 +100,7 @@ def write_trl_jsonl(comparisons, path, ties: bool = False, both_bad: bool = Fals
         f.flush()
         os.fsync(f.fileno())
     os.replace(f"{path}.tmp", path)
-    try:   # make the rename itself durable
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    _fsync_folder(folder)                 # make the rename itself durable
     return len(rows)
 
 
