@@ -120,7 +120,7 @@ def test_pipeline_labels_argument_is_checked_before_any_training(tmp_path, capsy
     bad.write_text(json.dumps({"prompt": "Question: x", "chosen": "y"}) + "\n")
     with pytest.raises(SystemExit):
         main(["pipeline", "--out", str(tmp_path), "--labels", str(bad)])
-    assert "lacks ['rejected']" in capsys.readouterr().err
+    assert "bad.jsonl:1: lacks rejected" in capsys.readouterr().err
     assert not (tmp_path / "metrics.json").exists()
 
 
