@@ -155,7 +155,7 @@ def test_best_of_n_over_optimises_weak_reward_models_gold_peaks_before_the_proxy
     (best-of-n, n up to 128) and their score keeps rising while gold turns down. Averaged over
     four such models (seeds 0-3), so that the test does not hang on one lucky or unlucky seed.
     Last-token reward models (``read_log_probs=False``): the default one also reads the base
-    model's own log-probs, a proxy good enough that gold falls only 0.07 from its peak at n = 128."""
+    model's own log-probs, a proxy so good that gold falls only 0.07 from its peak at n = 128."""
     from rlhf_lite.reward_model import train_reward_model
     model, tokenizer = base
     prompts = world.split_prompts()[1]
