@@ -31,9 +31,9 @@ w, b (``model.score``), u, c (``log_prob_gate.gate``) and the transformer train 
 Why the second term. The base model has read every fact on its internet: after "Question: What
 is the capital of Egypt? Answer: The capital of Egypt is" its likeliest next word is "Cairo"
 (a_t = 0) and "Madrid" lies 2.4 nats below it (a_t = -2.4). A head at the last token alone
-learns tone and length from 1,000 pairs but not which facts are right: on facts no training pair
-asks it scores 0.72 against a ceiling of 0.87, because nothing makes it copy that knowledge into
-w . h_T. Summing a_t with one weight for all tokens does not work either (0.77): the first word
+learns tone and length from 1,000 pairs but not which facts are right: on facts no training
+pair asks it scores 0.71-0.72 against a ceiling of 0.87, as nothing makes it copy that knowledge
+into w . h_T. Summing a_t with one weight for all tokens does not work either (0.77): the first word
 of "Who can say?" is as surprising (-3.0) as a wrong city, because the LM cannot know which
 style an answer will take. So a gate g_t, read off each token's state, learns from the pairs
 which tokens' surprise matters (the answer word) and which does not (0.83). The gate is kept
@@ -133,8 +133,7 @@ class LogProbGate(torch.nn.Module):
         a = logp.gather(1, input_ids[:, 1:][answer][:, None]).squeeze(1) - logp.max(1).values
         g = F.softplus(self.gate(hidden[:, 1:][answer]).squeeze(-1).float())
         terms = torch.zeros(answer.shape, device=hidden.device).masked_scatter(answer, g * a)
-        terms = terms * self.scale if self.scale != 1.0 else terms
-        return F.pad(terms, (1, 0))
+        return F.pad(terms * self.scale, (1, 0))
 
 
 class RewardModel(torch.nn.Module):
@@ -167,7 +166,7 @@ class RewardModel(torch.nn.Module):
                   read_log_probs: bool = True) -> "RewardModel":
         """A reward model initialised from a causal LM: same transformer, new head hidden -> 1
         (drawn with ``seed``), the base model's LM head (tied to the input embeddings if the base
-        model ties them) and a gate at 0; the rest is a copy of the base model's weights.
+        model ties them) and a gate near 0; the rest is a copy of the base model's weights.
         ``read_log_probs=False``: no token term, the plain last-token reward model."""
         config = copy.deepcopy(base_model.config)
         config.num_labels = 1
