@@ -334,8 +334,8 @@ class ValueModel(nn.Module):
     From a RewardModel (InstructGPT; TRL's last PPO): the reward model read at every prefix,
     V(x, y_<t) = r(x, y_<t), normalised: a copy of its transformer, ``score`` head and token term
     (``log_prob_gate``: the sum of g_i * a_i over the tokens so far), with the normalisation
-    folded into the head and the gate. From a causal LM: a copy of its transformer and a fresh
-    zero head.
+    folded into the head and the term's scale. From a causal LM: a copy of its transformer and a
+    fresh zero head.
     """
     def __init__(self, backbone: nn.Module, head: nn.Linear,
                  log_prob_gate: nn.Module | None = None):
@@ -353,8 +353,7 @@ class ValueModel(nn.Module):
             head.weight.copy_(score.weight / reward_model.std)
             head.bias.fill_(-float(reward_model.mean) / float(reward_model.std))
             if log_prob_gate is not None:
-                log_prob_gate.gate.weight.div_(reward_model.std)
-                log_prob_gate.gate.bias.div_(reward_model.std)
+                log_prob_gate.scale = log_prob_gate.scale / float(reward_model.std)
         return cls(backbone, head, log_prob_gate)
 
     @classmethod

@@ -22,7 +22,7 @@ next-token log-probabilities through a learned gate:
 
     r(x, y) = w . h_T + b  +  sum_t g_t * a_t
     a_t     = log pi(y_t | x, y_<t) - max_v log pi(v | x, y_<t)     (<= 0; 0: the LM's best guess)
-    g_t     = u . h_t + c                                           (the gate)
+    g_t     = softplus(u . h_t + c)                                 (the gate, >= 0)
 
 h_t is the transformer's last hidden state at token t (it has read y_t), h_T the one at the
 last real token (<eos>); t runs over the completion's tokens, <eos> included; pi is the same
@@ -32,13 +32,16 @@ w, b (``model.score``), u, c (``log_prob_gate.gate``) and the transformer train 
 Why the second term. The base model has read every fact on its internet: after "Question: What
 is the capital of Egypt? Answer: The capital of Egypt is" its likeliest next word is "Cairo"
 (a_t = 0) and "Madrid" lies 2.4 nats below it (a_t = -2.4). A head at the last token alone
-learns tone and length from 1,000 pairs but not which facts are right: on facts no training pair
-asks it scores 0.72 against a ceiling of 0.87, because nothing makes it copy that knowledge into
-w . h_T. Summing a_t with one weight for all tokens does not work either (0.77): the first word
+learns tone and length from 1,000 pairs but not which facts are right: on facts no training
+pair asks it scores 0.71-0.72 against a ceiling of 0.87, as nothing makes it copy that knowledge
+into w . h_T. Summing a_t with one weight for all tokens does not work either (0.77): the first word
 of "Who can say?" is as surprising (-3.0) as a wrong city, because the LM cannot know which
 style an answer will take. So a gate g_t, read off each token's state, learns from the pairs
-which tokens' surprise matters (the answer word) and which does not (0.83). g starts at 0:
-training starts from the last-token reward model.
+which tokens' surprise matters (the answer word) and which does not (0.83). The gate is kept
+>= 0, so the term is a penalty (<= 0) that no answer can earn by writing more, or stranger,
+tokens: with a gate of either sign PPO found such answers (24 words of surprising text; gold
+fell from 2.0 to -1.7). u = 0 and c = -3 at the start: g = softplus(-3) = 0.05 on every token,
+so training starts from (nearly) the last-token reward model.
 
     symbol      shape   meaning
     h_t         (B,T,H) the transformer's last hidden states; a_t, g_t are (B, T)
@@ -118,23 +121,25 @@ def completion_columns(batch: Completions) -> torch.Tensor:
 
 class LogProbGate(torch.nn.Module):
     """The reward's token term g_t * a_t (module docstring): the LM head that gives a_t and the
-    gate g_t = u . h_t + c, which starts at 0 (the term starts switched off)."""
+    gate g_t = softplus(u . h_t + c), u = 0 and c = ``gate_start`` to start. ``scale`` multiplies
+    the term (1; PPO's value model folds the reward's normalisation into it)."""
 
-    def __init__(self, lm_head: torch.nn.Module, hidden_size: int):
+    def __init__(self, lm_head: torch.nn.Module, hidden_size: int, gate_start: float = -3.0):
         super().__init__()
         self.lm_head = lm_head
         self.gate = torch.nn.Linear(hidden_size, 1)
         torch.nn.init.zeros_(self.gate.weight)
-        torch.nn.init.zeros_(self.gate.bias)
+        torch.nn.init.constant_(self.gate.bias, gate_start)
+        self.scale = 1.0
 
     def forward(self, hidden, input_ids, completion_mask) -> torch.Tensor:
         """g_t * a_t at every column that ``completion_mask`` marks, 0 elsewhere: (B, T)."""
         answer = completion_mask[:, 1:].bool()       # a_t needs the state before y_t: column >= 1
         logp = F.log_softmax(self.lm_head(hidden[:, :-1][answer]).float(), -1)   # (N, V)
         a = logp.gather(1, input_ids[:, 1:][answer][:, None]).squeeze(1) - logp.max(1).values
-        g = self.gate(hidden[:, 1:][answer]).squeeze(-1).float()
+        g = F.softplus(self.gate(hidden[:, 1:][answer]).squeeze(-1).float())
         terms = torch.zeros(answer.shape, device=hidden.device).masked_scatter(answer, g * a)
-        return F.pad(terms, (1, 0))
+        return F.pad(terms * self.scale, (1, 0))
 
 
 class RewardModel(torch.nn.Module):
@@ -167,7 +172,7 @@ class RewardModel(torch.nn.Module):
                   read_log_probs: bool = True) -> "RewardModel":
         """A reward model initialised from a causal LM: same transformer, new head hidden -> 1
         (drawn with ``seed``), the base model's LM head (tied to the input embeddings if the base
-        model ties them) and a gate at 0; the rest is a copy of the base model's weights.
+        model ties them) and a gate near 0; the rest is a copy of the base model's weights.
         ``read_log_probs=False``: no token term, the plain last-token reward model."""
         config = copy.deepcopy(base_model.config)
         config.num_labels = 1

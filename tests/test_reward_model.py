@@ -79,20 +79,26 @@ def token_surprise(model, batch):
 
 
 def test_token_term_is_the_base_models_surprise_weighted_by_the_gate(base, world):
-    """At initialisation pi is the base model: with the head off and the gate a constant c,
-    r(x, y) = c * sum_t a_t, with a_t computed by hand from the base model's logits."""
+    """At initialisation pi is the base model: with the head off and the gate a constant
+    softplus(c), r(x, y) = softplus(c) * sum_t a_t, with a_t by hand from the base model's logits.
+    Whatever the gate, the term is a penalty (<= 0): more tokens can never earn reward."""
     model, tokenizer = base
     rm = RewardModel.from_base(model, tokenizer)
     assert rm.log_prob_gate.lm_head.weight is rm.model.get_input_embeddings().weight   # tied
     prompts = world.prompts[:3]
     texts = ["Paris.", "I do not know.", "Ugh, whatever."]
     batch = encode_completions(tokenizer, prompts, texts, rm.device)
+    surprise = token_surprise(model, batch).sum(1)
+    assert (surprise < 0).all()
     with torch.no_grad():
-        head_only = rm(batch.input_ids, batch.attention_mask, completion_columns(batch))
-        rm.log_prob_gate.gate.bias.fill_(2.0)
-        with_gate = rm(batch.input_ids, batch.attention_mask, completion_columns(batch))
-    by_hand = 2.0 * token_surprise(model, batch).sum(1)
-    assert torch.allclose(with_gate - head_only, by_hand, atol=1e-4)
+        torch.nn.init.zeros_(rm.model.score.weight)
+        torch.nn.init.zeros_(rm.model.score.bias) if rm.model.score.bias is not None else None
+        for c in (0.0, 2.0):
+            rm.log_prob_gate.gate.bias.fill_(c)
+            r = rm(batch.input_ids, batch.attention_mask, completion_columns(batch))
+            assert torch.allclose(r, math.log1p(math.exp(c)) * surprise, atol=1e-4)
+        torch.nn.init.normal_(rm.log_prob_gate.gate.weight, std=3.0)   # a gate of any sign inside
+        assert (rm(batch.input_ids, batch.attention_mask, completion_columns(batch)) <= 0).all()
 
 
 def test_the_base_model_prefers_the_right_fact_on_every_heldout_fact(base, world):
@@ -149,7 +155,8 @@ def test_any_causal_lm_and_a_pad_that_is_eos(world, tmp_path):
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
-    rm = RewardModel.from_base(LlamaForCausalLM(config), tokenizer)
+    llama = LlamaForCausalLM(config)
+    rm = RewardModel.from_base(llama, tokenizer)
     torch.nn.init.normal_(rm.model.score.weight)
     prompts, texts = [world.prompts[0], max(world.prompts, key=len)], ["Paris.", "Well, let me think. " * 3]
     together = rm.score(prompts, texts, normalize=False)
@@ -158,7 +165,10 @@ def test_any_causal_lm_and_a_pad_that_is_eos(world, tmp_path):
     with torch.no_grad():
         hidden = rm.model.base_model(input_ids=batch.input_ids).last_hidden_state
         at_eos, before_eos = rm.model.score(hidden[0, -1]), rm.model.score(hidden[0, -2])
-    assert torch.allclose(together[0], at_eos, atol=1e-5) and not torch.allclose(together[0], before_eos)
+    # the head at the <eos>, plus the token term with the gate at its start, softplus(-3)
+    term = math.log1p(math.exp(-3.0)) * token_surprise(llama, batch).sum(1)
+    assert torch.allclose(together[0], at_eos + term, atol=1e-5)
+    assert not torch.allclose(together[0], before_eos + term)
     # its LM head is not tied to the embeddings: the reward model keeps a copy, and saves it
     assert rm.log_prob_gate.lm_head.weight is not rm.model.get_input_embeddings().weight
     torch.nn.init.normal_(rm.log_prob_gate.gate.weight, std=0.1)
