@@ -16,9 +16,9 @@ constant; we normalise it to mean 0, std 1 on the base model's own samples at th
 
 The network is the base LM with a new linear head hidden -> 1 (a Hugging Face
 ``AutoModelForSequenceClassification`` with ``num_labels=1``) read at the last real token of
-``prompt completion <eos>``. With ``read_log_probs=True`` (lesson 2; not the default, see
-``train_reward_model``) it adds a sum over the completion's tokens that reads the LM's own
-next-token log-probabilities through a learned gate:
+``prompt completion <eos>``. With ``read_log_probs=True`` (the default; lesson 2 shows both) it
+adds a sum over the completion's tokens that reads the LM's own next-token log-probabilities
+through a learned gate:
 
     r(x, y) = w . h_T + b  +  sum_t g_t * a_t
     a_t     = log pi(y_t | x, y_<t) - max_v log pi(v | x, y_<t)     (<= 0; 0: the LM's best guess)
@@ -403,7 +403,7 @@ def normalize_rewards(reward_model, base_model, tokenizer, prompts, n_samples: i
 def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1, epochs: int = 3,
                        lr: float | None = None, gate_lr: float = 5e-3, batch_size: int = 32,
                        weight_decay: float = 0.0, margin: float = 0.0, max_new_tokens: int = 24,
-                       read_log_probs: bool = False, seed: int = 0, device: str | None = None,
+                       read_log_probs: bool = True, seed: int = 0, device: str | None = None,
                        loss_fn=bradley_terry_loss, callbacks=()):
     """Train r(x, y) on judged pairs by minimising the Bradley-Terry loss; returns
     (reward_model, history).
@@ -422,11 +422,10 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
         ``rlhf_lite.exercises.use``); the held-out loss stays ``bradley_terry_loss``.
     max_new_tokens: length of the base-model samples used for the normalisation
         (``world.max_new_tokens``); the prompts are those of the training pairs.
-    read_log_probs: add the token term sum_t g_t a_t (module docstring): it judges facts the
-        labels never asked about far better, but it is a sum over tokens whose gate may be
-        negative, and in lesson 3 a PPO run against it learned to pad its answers with repeated
-        phrases that the sum rewards. So the default is the plain last-token reward model, the
-        one PPO, RLOO and GRPO train against; True is the fact-reading one (lesson 2).
+    read_log_probs: add the token term sum_t g_t a_t (module docstring, the default): it judges
+        facts the labels never asked about far better than the last-token head alone, and its
+        gate is >= 0, so no answer earns reward by writing more or stranger tokens. False gives
+        the plain last-token reward model (lesson 2 sets the two side by side).
     callbacks: functions (stage, step, metrics) called after each step and each held-out
         evaluation (``callbacks.py``).
 
