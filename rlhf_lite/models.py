@@ -96,11 +96,18 @@ def encode_corpus(tokenizer, rows) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, labels) for ``prompt answer <eos>`` lines, right-padded. Only the answer and
     <eos> are predicted (label -100 elsewhere): the model learns to answer, not to ask."""
     texts = [f"{prompt} {answer}{tokenizer.eos_token}" for prompt, answer, *_ in rows]
-    batch = tokenizer(texts, padding=True, return_tensors="pt")
-    prompt_lens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p, *_ in rows]
-    is_prompt = torch.arange(batch.input_ids.shape[1])[None] < torch.tensor(prompt_lens)[:, None]
-    labels = batch.input_ids.masked_fill((batch.attention_mask == 0) | is_prompt, -100)
-    return batch.input_ids, labels
+    # the corpus repeats its lines (20,000 rows, ~5,000 distinct): each is encoded once
+    unique = {text: i for i, text in enumerate(dict.fromkeys(texts))}
+    batch = tokenizer(list(unique), padding=True)
+    rows_of = torch.tensor([unique[text] for text in texts])
+    input_ids = torch.tensor(batch.input_ids)[rows_of]
+    attention_mask = torch.tensor(batch.attention_mask)[rows_of]
+    prompts = list(dict.fromkeys(prompt for prompt, *_ in rows))
+    encoded = tokenizer(prompts, add_special_tokens=False).input_ids
+    length = {prompt: len(ids) for prompt, ids in zip(prompts, encoded)}
+    prompt_lens = torch.tensor([length[prompt] for prompt, *_ in rows])
+    is_prompt = torch.arange(input_ids.shape[1])[None] < prompt_lens[:, None]
+    return input_ids, input_ids.masked_fill((attention_mask == 0) | is_prompt, -100)
 
 
 def pretrain(model, tokenizer, world, steps: int = 800, batch_size: int = 64, lr: float = 1e-2,
