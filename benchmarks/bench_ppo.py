@@ -1,17 +1,21 @@
 """PPO speed: episodes per second, and seconds per phase (generation, scoring, update).
 
     python benchmarks/bench_ppo.py [--iterations 10] [--batch-size 64] [--max-new-tokens 20]
-                                   [--ppo-epochs 4] [--minibatch-size 32] [--reward-model DIR]
+                                   [--ppo-epochs 4] [--minibatch-size 64] [--reward-model DIR]
+                                   [--threads N] [--compare-trl]
 
 The setting of the issue's comparison: the default base model, 64 prompts a batch, completions
-of up to 20 tokens, 4 PPO epochs, a reward model the size of the base model. (TRL's last PPO
-trainer, trl 1.12, does about 58 episodes/s in this setting on a 2-core CPU.) Without
+of up to 20 tokens, 4 PPO epochs, a reward model the size of the base model. Without
 ``--reward-model`` a reward model with an untrained head stands in: the cost of scoring does not
-depend on what the reward model has learned. Wall-clock figures on a shared machine are inflated;
-the CPU seconds this process used are printed too (with one thread, episodes per CPU-second is
-about what an idle core would do). ``--compare-trl`` also runs TRL 1.12's PPOTrainer (``pip install
-trl==1.12.0``; it was removed in 1.13) in the same setting, on the same models, right after ours, so
-the ratio holds even on a busy machine.
+depend on what the reward model has learned. Wall-clock figures on a shared machine are
+inflated; the CPU seconds this process used are printed too (with one thread, episodes per
+CPU-second is about what an idle core would do).
+
+``--compare-trl`` also runs TRL 1.12's PPOTrainer (it was removed in TRL 1.13) in the same
+setting, on the same models, right after ours, and prints the ratio: the only speed comparison
+that holds, measured side by side in one run. TRL 1.12 need not replace the TRL you have:
+``pip install --no-deps --target /tmp/trl112 trl==1.12.0`` and run with
+``PYTHONPATH=/tmp/trl112``.
 """
 import argparse
 import os
@@ -25,16 +29,21 @@ from rlhf_lite.reward_model import RewardModel
 from rlhf_lite.world import World
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--iterations", type=int, default=10, help="timed PPO iterations (after one warm-up)")
+parser.add_argument("--iterations", type=int, default=10,
+                    help="timed PPO iterations (after one warm-up)")
 parser.add_argument("--batch-size", type=int, default=64)
 parser.add_argument("--max-new-tokens", type=int, default=20)
 parser.add_argument("--ppo-epochs", type=int, default=4)
 parser.add_argument("--minibatch-size", type=int, default=PPOConfig.minibatch_size)
+parser.add_argument("--length-chunks", type=int, default=PPOConfig.length_chunks,
+                    help="PPOConfig.length_chunks (1 = one pass over the padded batch)")
 parser.add_argument("--reward-model", default=None, help="a folder RewardModel.save wrote")
 parser.add_argument("--runs-dir", default="runs", help="where the base model is cached")
 parser.add_argument("--device", default=None)
-parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-parser.add_argument("--compare-trl", action="store_true", help="also time TRL 1.12's PPOTrainer (needs trl==1.12.0)")
+parser.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's)")
+parser.add_argument("--compare-trl", action="store_true",
+                    help="also time TRL 1.12's PPOTrainer (needs trl==1.12.0, see above)")
 args = parser.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
@@ -44,7 +53,8 @@ model, tokenizer, _, _ = get_base_model(world, runs_dir=args.runs_dir, device=ar
 reward_model = (RewardModel.load(args.reward_model, args.device) if args.reward_model
                 else RewardModel.from_base(model, tokenizer))
 config = PPOConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, ppo_epochs=args.ppo_epochs,
-                   minibatch_size=args.minibatch_size, log_samples=0)
+                   minibatch_size=args.minibatch_size, log_samples=0,
+                   length_chunks=args.length_chunks)
 trainer = PPOTrainer(model, tokenizer, reward_model, world.split_prompts()[0], config)
 trainer.step()  # warm-up
 
@@ -60,7 +70,8 @@ episodes = args.iterations * args.batch_size
 print(f"device: {pick_device(args.device)}, threads: {torch.get_num_threads()}, "
       f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 print(f"setting: batch {args.batch_size}, completions up to {args.max_new_tokens} tokens, "
-      f"{args.ppo_epochs} PPO epochs, minibatch {args.minibatch_size}, mean length {entry['length']:.1f}")
+      f"{args.ppo_epochs} PPO epochs, minibatch {args.minibatch_size}, "
+      f"length chunks {args.length_chunks}, mean length {entry['length']:.1f}")
 print(f"episodes/s: {episodes / wall:.1f} (wall clock), {episodes / cpu:.1f} per CPU-second "
       f"({args.iterations} iterations, {episodes} episodes)")
 print("seconds per iteration: " + ", ".join(f"{k} {v / args.iterations:.3f}" for k, v in phases.items()))

@@ -29,7 +29,7 @@ import time
 import torch
 
 from .models import completion_logprobs, generate
-from .stats import win_rate
+from .stats import bootstrap_mean, win_rate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,22 +121,34 @@ class BestOfN:
         return bon_kl(self.n)
 
 
+def pick_best(candidates, scores) -> list[str]:
+    """Best-of-n's choice: for each prompt i the candidate with the highest score,
+
+        y_i = candidates[i][j*],   j* = argmax_j scores[i, j]     (the first of equal best)
+
+    candidates: B lists of n texts; scores: (B, n). Returns the B kept texts.
+    """
+    return [row[j] for row, j in zip(candidates, torch.as_tensor(scores).argmax(1).tolist())]
+
+
 @torch.no_grad()
 def best_of_n(model, tokenizer, prompts, n: int, reward, max_new_tokens: int = 24,
-              temperature: float = 1.0, seed: int = 0) -> BestOfN:
+              temperature: float = 1.0, seed: int = 0, pick=pick_best) -> BestOfN:
     """Sample n completions a prompt from ``model``, keep the one ``reward`` scores highest.
 
     reward: a ``RewardModel`` or a function ``(prompts, completions) -> floats``. With n = 1 it
     is plain sampling: the same texts as ``generate(model, tokenizer, prompts, seed=seed)``.
+    pick: ``pick_best`` or a learner's own (checked by ``rlhf_lite.exercises.use``).
     """
     if n < 1:
         raise ValueError(f"best-of-n needs n >= 1, got {n}")
     candidates = sample_candidates(model, tokenizer, prompts, n, max_new_tokens, temperature, seed)
     flat = score_texts(reward, [p for p in prompts for _ in range(n)], [t for row in candidates for t in row])
     scores = flat.view(len(prompts), n)
-    best = scores.argmax(1)
-    return BestOfN(list(prompts), [row[j] for row, j in zip(candidates, best.tolist())],
-                   scores.max(1).values, candidates, scores)
+    texts = list(pick(candidates, scores))
+    kept = torch.tensor([row.index(t) for row, t in zip(candidates, texts)])
+    kept_scores = scores.gather(1, kept[:, None]).squeeze(1)
+    return BestOfN(list(prompts), texts, kept_scores, candidates, scores)
 
 
 def empirical_bon_kl(prompts, candidates, reward, ns) -> list[float]:
@@ -179,9 +191,10 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
 
     prompts: (B,); candidates: (B, N) texts from ``sample_candidates``; reward: the proxy;
     gold_fn: ``(prompts, completions) -> floats``, e.g. ``world.gold_many`` (only measured).
-    Returns {"n", "kl", "d", "proxy", "gold", "win_rate"}: lists, one value per n (means over
-    prompts). win_rate is P(gold of best-of-n > gold of a plain sample), ties 1/2, where the
-    plain sample must be a draw *outside* the n that best-of-n chose from: the n - 1 it beat
+    Returns {"n", "kl", "d", "proxy", "gold", "win_rate", "win_rate_ci95"}: lists, one value
+    per n (means over prompts; the interval bootstrapped over prompts). win_rate is
+    P(gold of best-of-n > gold of a plain sample), ties 1/2, where the plain sample must be a
+    draw *outside* the n that best-of-n chose from: the n - 1 it beat
     on the proxy are not fair opponents (they were picked against). With the pool ranked by
     the proxy and sample i the best of its subset S, an opponent j above i is always outside
     S, and one of the i below it is outside with probability 1 - (n - 1) / i, so
@@ -207,7 +220,7 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
     below = above.T
     beats_above, beats_below = (beats * above).sum(2), (beats * below).sum(2)   # (B, N)
     rank = torch.arange(N, dtype=torch.float64).clamp(min=1)
-    curve = {"n": [], "kl": [], "d": [], "proxy": [], "gold": [], "win_rate": []}
+    curve = {key: [] for key in ("n", "kl", "d", "proxy", "gold", "win_rate", "win_rate_ci95")}
     for n in ns:
         w = best_of_n_weights(N, n)
         curve["n"].append(n)
@@ -217,9 +230,12 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
         curve["gold"].append(float((gold_sorted * w).sum(1).mean()))
         if n < N:
             win = (beats_above + (1 - (n - 1) / rank) * beats_below) / (N - n)
-            curve["win_rate"].append(float((win * w).sum(1).mean()))
+            estimate = bootstrap_mean((win * w).sum(1).tolist(), list(range(B)))  # over prompts
+            curve["win_rate"].append(estimate.value)
+            curve["win_rate_ci95"].append(estimate.ci95)
         else:
             curve["win_rate"].append(float("nan"))
+            curve["win_rate_ci95"].append([float("nan"), float("nan")])
     return curve
 
 

@@ -41,6 +41,20 @@ def model_dir(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def labels_file(text: str) -> str:
+    """A file of a learner's labels, read once here so that a bad one fails before any training."""
+    import os
+    from .taste import read_labels
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text!r} (give a label-store file, e.g. "
+                                         "notebooks/runs/lesson1/labels.jsonl, or TRL JSON Lines)")
+    try:
+        read_labels(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import PRESETS
     from .ppo import PPOConfig
@@ -57,11 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--device", type=device_name, default=None,
                           help="cpu, cuda or cuda:N (default: CUDA if present)")
     pipeline.add_argument("--task", choices=sorted(TASKS), default="trivia", help="the world's task (default trivia)")
-    pipeline.add_argument("--criteria", choices=sorted(CRITERIA), default="helpful",
-                          help="what the simulated labelers prefer (default helpful)")
+    pipeline.add_argument(
+        "--criteria", choices=sorted(CRITERIA), default=None,
+        help="what the simulated labelers prefer (default helpful); with --labels, the prior of "
+             "your taste (default: the criteria you labeled by)")
+    pipeline.add_argument(
+        "--labels", type=labels_file, default=None, metavar="FILE",
+        help="your labels (a label-store file, or TRL prompt/chosen/rejected JSON Lines): your "
+             "taste is fitted to them and a stand-in with that taste labels the rest")
     pipeline.add_argument("--pairs", type=positive_int, default=1000, help="labelled pairs (default 1000)")
-    pipeline.add_argument("--ppo-steps", type=positive_int, default=PPOConfig.steps,
-                          help=f"PPO iterations of {PPOConfig.batch_size} episodes (default {PPOConfig.steps})")
+    pipeline.add_argument("--method", choices=("ppo", "rloo", "grpo"), default="ppo",
+                          help="the RL stage: PPO, or the critic-free RLOO or GRPO (default ppo)")
+    pipeline.add_argument("--ppo-steps", type=positive_int, default=None,
+                          help=f"iterations of the RL stage, {PPOConfig.batch_size} episodes "
+                               f"each (default: the method's; PPO's is {PPOConfig.steps})")
     pipeline.add_argument("--pretrain-steps", type=positive_int, default=None,
                           help="pretraining steps of the base model (default: the preset's)")
     pipeline.add_argument("--preset", choices=list(PRESETS), default=None,
@@ -77,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--cache-dir", default=None,
                           help="where the base model is cached (default OUT/runs); "
                                "e.g. notebooks/runs to reuse the lessons'")
+    pipeline.add_argument("--tensorboard", metavar="DIR", default=None,
+                          help="write TensorBoard logs of every stage to DIR "
+                               "(view them with: tensorboard --logdir DIR)")
+    pipeline.add_argument("--resume", action="store_true",
+                          help="go on from PPO's last checkpoint in OUT/checkpoints (saved every "
+                               "10 iterations); the stages before PPO run again, seeded")
     return parser
 
 
@@ -97,6 +126,8 @@ def main(argv=None) -> int:
             metrics = run_pipeline(args.out, task=args.task, criteria=args.criteria, seed=args.seed,
                                    device=args.device, pairs=args.pairs, ppo_steps=args.ppo_steps,
                                    cache_dir=args.cache_dir, pretrain_steps=args.pretrain_steps,
+                                   labels=args.labels, tensorboard=args.tensorboard,
+                                   resume=args.resume, method=args.method,
                                    preset=args.preset, model_dir=args.model)
         except UnusableModel as e:
             parser.error(f"argument --model: {e}")

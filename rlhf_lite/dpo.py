@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .callbacks import log_step
 from .models import autocast, completion_logprobs, encode_completions, pick_device, seed_everything
 
 
@@ -109,11 +110,16 @@ class DPOConfig:
     """None: CUDA when present, else the CPU."""
 
 
-def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = None, **overrides):
+def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = None, loss_fn=None,
+              callbacks=(),
+              **overrides):
     """Fine-tune a copy of ``base_model`` on ``comparisons`` (list of ``Comparison``) with DPO.
 
     The reference pi_ref is ``base_model`` itself, frozen; its log-probs are computed once.
     Keyword ``overrides`` change fields of ``config`` (e.g. ``beta=0.3``).
+    loss_fn: None (``dpo_loss``), or a function of ``dpo_loss``'s arguments that returns the loss
+    alone (a learner's own, checked by ``rlhf_lite.exercises.use``); the logged rewards stay ours.
+    callbacks: functions (stage, step, metrics) called after each step (``callbacks.py``).
     Returns (policy, history): history has one dict a step with loss, accuracy (share of pairs
     whose implicit reward ranks chosen above rejected), margin, chosen_reward, rejected_reward.
     """
@@ -149,6 +155,9 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
                                               [chosen[i] for i in idx] + [rejected[i] for i in idx])
                 loss, r_chosen, r_rejected = dpo_loss(logps[:len(idx)], logps[len(idx):],
                                                       ref_chosen[idx], ref_rejected[idx], config.beta)
+                if loss_fn is not None:
+                    loss = loss_fn(logps[:len(idx)], logps[len(idx):], ref_chosen[idx],
+                                   ref_rejected[idx], config.beta)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -160,6 +169,7 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
                                     rejected_reward=r_rejected.mean().item()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['accuracy']:.2f}")
+                log_step(callbacks, "dpo", len(history), history[-1])
     return policy.eval(), history
 
 
@@ -188,10 +198,12 @@ class SFTConfig:
     device: str | None = None
 
 
-def train_sft(base_model, tokenizer, comparisons, config: SFTConfig | None = None, **overrides):
+def train_sft(base_model, tokenizer, comparisons, config: SFTConfig | None = None, callbacks=(),
+              **overrides):
     """Fine-tune a copy of ``base_model`` on the chosen answers of ``comparisons`` alone.
 
     Returns (policy, history): history has one dict a step with the loss (``sft_loss``).
+    callbacks: functions (stage, step, metrics) called after each step (``callbacks.py``).
     """
     config = dataclasses.replace(config or SFTConfig(), **overrides)
     device = pick_device(config.device)
@@ -218,4 +230,5 @@ def train_sft(base_model, tokenizer, comparisons, config: SFTConfig | None = Non
                 history.append(dict(loss=loss.item()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+                log_step(callbacks, "sft", len(history), history[-1])
     return policy.eval(), history

@@ -28,6 +28,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2L
                           PreTrainedTokenizerFast)
 
 from . import parallel
+from .callbacks import log_step
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Preset:
     ``PRESETS``, the one place they live. Every learning rate falls with the width d = n_embd
     (Adam moves each weight by about lr, and a wider layer sums more of them): pretraining's
     are measured (1e-2 does not train the gpu model at all), about 1e-2 (128 / d)^(5/3);
-    the fine-tuning ones (reward model, PPO) are tiny's scaled by 128 / d."""
+    the fine-tuning ones (reward model, its gate, RL) are tiny's scaled by 128 / d."""
     n_embd: int
     n_layer: int
     n_head: int
@@ -52,10 +53,13 @@ class Preset:
     """Corpus lines a pretraining step."""
     warmup: float = 0.05
     """Share of the pretraining steps that warm the learning rate up (then a cosine decay)."""
-    reward_model_lr: float = 2e-3
-    """AdamW learning rate of ``train_reward_model``."""
-    ppo_lr: float = 5e-4
-    """Adam learning rate of PPO (``PPOConfig.learning_rate``)."""
+    reward_model_lr: float = 5e-4
+    """AdamW learning rate of ``train_reward_model`` (its ``lr``: the transformer and heads)."""
+    reward_model_gate_lr: float = 5e-3
+    """AdamW learning rate of the reward model's log-prob gate (``train_reward_model``'s
+    ``gate_lr``)."""
+    rl_lr: float = 5e-4
+    """Adam learning rate of the RL stage: PPO, RLOO, GRPO (``PPOConfig.learning_rate``)."""
 
     @property
     def sizes(self) -> dict:
@@ -66,16 +70,18 @@ PRESETS = {
     # ~0.5M parameters: the CPU default
     "tiny": Preset(128, 2, 4, pretrain_lr=1e-2, pretrain_steps=800),
     # ~3M: a CPU, about half an hour (pretraining 2,000 steps)
-    "small": Preset(256, 4, 4, pretrain_lr=3e-3, pretrain_steps=2000, reward_model_lr=1e-3,
-                    ppo_lr=2.5e-4),
+    "small": Preset(256, 4, 4, pretrain_lr=3e-3, pretrain_steps=2000, reward_model_lr=2.5e-4,
+                    reward_model_gate_lr=2.5e-3, rl_lr=2.5e-4),
     # ~25M: for a GPU
-    "gpu": Preset(512, 8, 8, pretrain_lr=1e-3, pretrain_steps=2000, reward_model_lr=5e-4,
-                  ppo_lr=1.25e-4),
+    "gpu": Preset(512, 8, 8, pretrain_lr=1e-3, pretrain_steps=2000, reward_model_lr=1.25e-4,
+                  reward_model_gate_lr=1.25e-3, rl_lr=1.25e-4),
 }
 """The base model's presets: GPT-2s with 128 positions, and how to train each (``Preset``).
 Pretraining learning rates measured on an H100 (2,000 steps, mean loss of the last 50):
 gpu 1e-2 -> 1.05, 3e-3 -> 0.370, 1e-3 -> 0.350; small 3e-3 -> 0.357 (1,500 steps). On a CPU
-(benchmarks/bench_presets.py): small 3e-3, 2,000 steps -> 0.352; tiny 1e-2, 800 -> 0.365."""
+(benchmarks/bench_presets.py): small 3e-3, 2,000 steps -> 0.352; tiny 1e-2, 800 -> 0.365.
+The tiny row's reward-model and RL rates are ``train_reward_model``'s and ``PPOConfig``'s
+defaults."""
 
 MODEL_PRESETS = {name: preset.sizes for name, preset in PRESETS.items()}
 """Sizes of the base model, from ``PRESETS``."""
@@ -167,20 +173,29 @@ def encode_corpus(tokenizer, rows) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, labels) for ``prompt answer <eos>`` lines, right-padded. Only the answer and
     <eos> are predicted (label -100 elsewhere): the model learns to answer, not to ask."""
     texts = [f"{prompt} {answer}{tokenizer.eos_token}" for prompt, answer, *_ in rows]
-    batch = tokenizer(texts, padding=True, return_tensors="pt")
-    prompt_lens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p, *_ in rows]
-    is_prompt = torch.arange(batch.input_ids.shape[1])[None] < torch.tensor(prompt_lens)[:, None]
-    labels = batch.input_ids.masked_fill((batch.attention_mask == 0) | is_prompt, -100)
-    return batch.input_ids, labels
+    # the corpus repeats its lines (20,000 rows, ~5,000 distinct): each is encoded once
+    unique = {text: i for i, text in enumerate(dict.fromkeys(texts))}
+    batch = tokenizer(list(unique), padding=True)
+    rows_of = torch.tensor([unique[text] for text in texts])
+    input_ids = torch.tensor(batch.input_ids)[rows_of]
+    attention_mask = torch.tensor(batch.attention_mask)[rows_of]
+    prompts = list(dict.fromkeys(prompt for prompt, *_ in rows))
+    encoded = tokenizer(prompts, add_special_tokens=False).input_ids
+    length = {prompt: len(ids) for prompt, ids in zip(prompts, encoded)}
+    prompt_lens = torch.tensor([length[prompt] for prompt, *_ in rows])
+    is_prompt = torch.arange(input_ids.shape[1])[None] < prompt_lens[:, None]
+    return input_ids, input_ids.masked_fill((attention_mask == 0) | is_prompt, -100)
 
 
 def pretrain(model, tokenizer, world, steps: int = 800, batch_size: int = 64, lr: float = 1e-2,
              corpus_size: int = 20_000, seed: int = 0, device: str | None = None,
-             warmup: float = 0.05) -> list[float]:
+             warmup: float = 0.05, length_chunks: int = 2, callbacks=()) -> list[float]:
     """Next-token pretraining on the world's internet: minimise -sum_t log p(w_t | w_<t).
 
     Returns the loss of every step. AdamW with a linear warm-up over the first ``warmup`` share
     of the steps and a cosine decay. The defaults are the tiny preset's (``PRESETS``).
+    length_chunks: speed only (see ``PPOConfig.length_chunks``); 1 on a GPU.
+    callbacks: functions (stage, step, metrics) called after each step (``callbacks.py``).
     """
     device = pick_device(device)
     seed_everything(seed)
@@ -192,19 +207,28 @@ def pretrain(model, tokenizer, world, steps: int = 800, batch_size: int = 64, lr
                                                  * 0.5 * (1 + math.cos(math.pi * s / steps)))
     generator = torch.Generator().manual_seed(seed)
     history = []
+    ends = (labels != -100).cumsum(1).argmax(1) + 1          # each row's length without padding
     for _ in (bar := tqdm(range(steps), desc="pretraining")):
         idx = torch.randint(len(input_ids), (batch_size,), generator=generator)
-        width = int(((labels[idx] != -100).cumsum(1).argmax(1)).max()) + 1  # drop all-pad columns
-        x, y = input_ids[idx, :width].to(device), labels[idx, :width].to(device)
-        with autocast(device):
-            loss = model(input_ids=x, labels=y).loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        n_tokens, loss = int((labels[idx] != -100).sum()), 0.0
+        # Speed: the batch in length_chunks groups of similar length, each cut at its longest row
+        # and weighted by its share of the predicted tokens: the gradient of one pass, less padding.
+        for rows in idx[ends[idx].argsort()].tensor_split(length_chunks):
+            width = int(ends[rows].max())
+            x, y = input_ids[rows, :width].to(device), labels[rows, :width].to(device)
+            share = int((y != -100).sum()) / n_tokens
+            with autocast(device):
+                chunk_loss = model(input_ids=x, labels=y).loss * share
+            chunk_loss.backward()
+            loss += chunk_loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        history.append(loss.item())
+        history.append(loss)
         bar.set_postfix(loss=f"{history[-1]:.3f}")
+        log_step(callbacks, "pretrain", len(history),
+                 {"loss": history[-1], "learning_rate": schedule.get_last_lr()[0]})
     model.eval()
     return history
 
@@ -271,7 +295,7 @@ def check_context(model, tokenizer, prompts, max_new_tokens: int, name: str = "t
 
 
 def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int | None = None,
-                   seed: int = 0, device: str | None = None):
+                   seed: int = 0, device: str | None = None, callbacks=()):
     """The base model for ``world``, shared by all lessons: loaded from
     ``runs_dir/base-<task>-<preset>-<steps>-seed<seed>`` if a lesson already made it, else
     pretrained with the preset's settings (``PRESETS``; ``steps`` overrides its steps) and saved
@@ -289,7 +313,7 @@ def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int | No
     model = make_base_model(tokenizer, preset, seed)
     history = pretrain(model, tokenizer, world, steps=steps, lr=settings.pretrain_lr,
                        batch_size=settings.pretrain_batch_size, warmup=settings.warmup, seed=seed,
-                       device=device)
+                       device=device, callbacks=callbacks)
     save_model(model, tokenizer, path)
     with open(os.path.join(path, "loss_history.json"), "w") as f:  # written last: marks it complete
         json.dump(history, f)
@@ -378,7 +402,8 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 24, temperature: f
         result = model(input_ids=tokens, attention_mask=mask, position_ids=pos,
                        past_key_values=past, use_cache=True)
         past = result.past_key_values
-        logp_all = next_token_logits(result.logits[:, -1], temperature, not_text, top_k).log_softmax(-1)
+        logits = next_token_logits(result.logits[:, -1], temperature, not_text, top_k)
+        logp_all = logits.log_softmax(-1)
         token = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
         token = torch.where(done, torch.full_like(token, pad), token)
         out_logp.append(logp_all.gather(1, token[:, None]).squeeze(1).masked_fill(done, 0.0))
@@ -422,13 +447,14 @@ def completion_logprobs(model, batch: Completions, temperature: float = 1.0,
     With ``return_entropy``, also the entropy of each next-token distribution, (B, C).
     """
     input_ids, mask = batch.input_ids, batch.attention_mask
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask)).logits
-    prompt_len = batch.prompt_ids.shape[1]
-    logits = next_token_logits(logits[:, prompt_len - 1:-1], temperature, batch.not_text,
-                               batch.top_k)                        # the logits that predict y_t
+    C = batch.completion_ids.shape[1]
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask),
+                   logits_to_keep=C + 1).logits        # the LM head only where it predicts y_t
+    logits = next_token_logits(logits[:, :-1], temperature, batch.not_text, batch.top_k)
     logp_all = F.log_softmax(logits, -1)
     real = batch.completion_mask.bool()
-    logp = logp_all.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1).masked_fill(~real, 0.0)
+    logp = logp_all.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+    logp = logp.masked_fill(~real, 0.0)
     if not return_entropy:
         return logp
     probs = logp_all.exp()

@@ -7,18 +7,18 @@ but they agree far more often on *which* of two answers is better.
 - pairs: ``sample_pairs`` / ``draw_pairs`` (distinct completions of the model's own samples);
 - labels: ``label_store.py`` keeps every judgement on disk the moment it is made (the widget in
   ``widget.py`` writes to it); ``simulate_comparisons`` has a simulated labeler judge pairs;
-- comparisons: a judgement as a ``Comparison`` (prompt, chosen, rejected), exported in the
-  ``prompt`` / ``chosen`` / ``rejected`` layout that TRL and the ``datasets`` library use.
+- comparisons: a judgement as a ``Comparison`` (prompt, chosen, rejected); ``trl_format.py``
+  writes and reads them in TRL's preference layouts (``to_trl``, ``write_trl_jsonl``,
+  ``from_trl``, ``read_trl_jsonl``, all importable from here too).
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
-import os
 import random
 
 from .models import generate
+from .trl_format import from_trl, read_trl_jsonl, to_trl, write_trl_jsonl  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,49 +103,3 @@ def make_preference_dataset(world, model, tokenizer, labeler, n_pairs: int = 100
     training prompts), labelled by a simulated ``labeler``: stage 1 without a human."""
     pairs = draw_pairs(world, model, tokenizer, n_pairs, prompts, temperature, seed, distinct=False)
     return simulate_comparisons(labeler, pairs)
-
-
-def to_trl(comparisons) -> list[dict]:
-    """Rows of ``{"prompt", "chosen", "rejected"}`` for TRL / ``datasets.Dataset.from_list``.
-    Ties and both-bad judgements carry no preference, so they are left out."""
-    return [dict(prompt=c.prompt, chosen=c.chosen, rejected=c.rejected)
-            for c in comparisons if not (c.tie or c.both_bad)]
-
-
-def from_trl(rows, labeler: str = "imported") -> list[Comparison]:
-    """``Comparison``s from ``{"prompt", "chosen", "rejected"}`` rows (a list or a ``datasets.Dataset``)."""
-    out = []
-    for i, row in enumerate(rows):
-        missing = {"prompt", "chosen", "rejected"} - set(row)
-        if missing:
-            raise ValueError(f"row {i} lacks {sorted(missing)}; TRL preference rows need "
-                             "'prompt', 'chosen' and 'rejected'")
-        out.append(Comparison(row["prompt"], row["chosen"], row["rejected"], labeler=labeler))
-    return out
-
-
-def write_trl_jsonl(comparisons, path) -> int:
-    """Write ``to_trl(comparisons)`` as JSON Lines (what ``datasets.load_dataset("json", ...)``
-    and TRL read); returns the number of rows. Written to a temporary file, then renamed, so a
-    reader never sees half an export."""
-    rows = to_trl(comparisons)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(f"{path}.tmp", path)
-    return len(rows)
-
-
-def read_trl_jsonl(path, labeler: str = "imported") -> list[Comparison]:
-    """``Comparison``s from a ``prompt``/``chosen``/``rejected`` JSON Lines file (``from_trl``)."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
-    try:
-        return from_trl(rows, labeler)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e} (row 0 is line 1)") from None

@@ -14,11 +14,37 @@ which pushes r(chosen) up and r(rejected) down until the gap matches how reliabl
 labelers prefer one over the other. Only differences are learned, so r is defined up to a
 constant; we normalise it to mean 0, std 1 on the base model's own samples at the end.
 
-The network is the base LM with its next-token head replaced by a linear head hidden -> 1
-(``AutoModelForSequenceClassification``, ``num_labels=1``), read at the last real token of
-``prompt completion <eos>``: by then it has seen the whole answer.
+The network is the base LM with a new linear head hidden -> 1 (a Hugging Face
+``AutoModelForSequenceClassification`` with ``num_labels=1``) read at the last real token of
+``prompt completion <eos>``. With ``read_log_probs=True`` (the default; lesson 2 shows both) it
+adds a sum over the completion's tokens that reads the LM's own next-token log-probabilities
+through a learned gate:
+
+    r(x, y) = w . h_T + b  +  sum_t g_t * a_t
+    a_t     = log pi(y_t | x, y_<t) - max_v log pi(v | x, y_<t)     (<= 0; 0: the LM's best guess)
+    g_t     = softplus(u . h_t + c)                                 (the gate, >= 0)
+
+h_t is the transformer's last hidden state at token t (it has read y_t), h_T the one at the
+last real token (<eos>); t runs over the completion's tokens, <eos> included; pi is the same
+transformer with the base model's LM head (tied to the input embeddings, as GPT-2 ties them).
+w, b (``model.score``), u, c (``log_prob_gate.gate``) and the transformer train together.
+
+Why the second term. The base model has read every fact on its internet: after "Question: What
+is the capital of Egypt? Answer: The capital of Egypt is" its likeliest next word is "Cairo"
+(a_t = 0) and "Madrid" lies 2.4 nats below it (a_t = -2.4). A head at the last token alone
+learns tone and length from 1,000 pairs but not which facts are right: on facts no training
+pair asks it scores 0.71-0.72 against a ceiling of 0.87, as nothing makes it copy that knowledge
+into w . h_T. Summing a_t with one weight for all tokens does not work either (0.77): the first word
+of "Who can say?" is as surprising (-3.0) as a wrong city, because the LM cannot know which
+style an answer will take. So a gate g_t, read off each token's state, learns from the pairs
+which tokens' surprise matters (the answer word) and which does not (0.83). The gate is kept
+>= 0, so the term is a penalty (<= 0) that no answer can earn by writing more, or stranger,
+tokens: with a gate of either sign PPO found such answers (24 words of surprising text; gold
+fell from 2.0 to -1.7). u = 0 and c = -3 at the start: g = softplus(-3) = 0.05 on every token,
+so training starts from (nearly) the last-token reward model.
 
     symbol      shape   meaning
+    h_t         (B,T,H) the transformer's last hidden states; a_t, g_t are (B, T)
     r_chosen    (B,)    r(x, y_w), the reward of the completion the labeler preferred
     r_rejected  (B,)    r(x, y_l), the reward of the other one
     tie         (B,)    bool, the labeler saw no difference
@@ -29,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import random
@@ -37,11 +64,15 @@ import time
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from . import parallel
+from . import parallel, stats
+from .callbacks import log_step
 from .models import (Completions, autocast, encode_completions, generate, pick_device, position_ids,
                      seed_everything)
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,48 +115,105 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, tie=Non
 # The model
 # ---------------------------------------------------------------------------------------------
 
+def completion_columns(batch: Completions) -> torch.Tensor:
+    """(B, P + C): 1 on the completion's tokens of ``[prompt | completion]`` rows, 0 elsewhere."""
+    return torch.cat([torch.zeros_like(batch.prompt_mask), batch.completion_mask], 1)
+
+
+class LogProbGate(torch.nn.Module):
+    """The reward's token term g_t * a_t (module docstring): the LM head that gives a_t and the
+    gate g_t = softplus(u . h_t + c), u = 0 and c = ``gate_start`` to start. ``scale`` multiplies
+    the term (1; PPO's value model folds the reward's normalisation into it)."""
+
+    def __init__(self, lm_head: torch.nn.Module, hidden_size: int, gate_start: float = -3.0):
+        super().__init__()
+        self.lm_head = lm_head
+        self.gate = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.gate.weight)
+        torch.nn.init.constant_(self.gate.bias, gate_start)
+        self.scale = 1.0
+
+    def forward(self, hidden, input_ids, completion_mask) -> torch.Tensor:
+        """g_t * a_t at every column that ``completion_mask`` marks, 0 elsewhere: (B, T)."""
+        answer = completion_mask[:, 1:].bool()       # a_t needs the state before y_t: column >= 1
+        logp = F.log_softmax(self.lm_head(hidden[:, :-1][answer]).float(), -1)   # (N, V)
+        a = logp.gather(1, input_ids[:, 1:][answer][:, None]).squeeze(1) - logp.max(1).values
+        g = F.softplus(self.gate(hidden[:, 1:][answer]).squeeze(-1).float())
+        terms = torch.zeros(answer.shape, device=hidden.device).masked_scatter(answer, g * a)
+        return F.pad(terms * self.scale, (1, 0))
+
+
 class RewardModel(torch.nn.Module):
-    """r(x, y): a sequence classifier with one output, read at the last real token.
+    """r(x, y): a sequence classifier with one output read at the last real token, plus the LM's
+    own log-probabilities of the completion through a learned gate (module docstring).
 
     ``model``: a Hugging Face ``...ForSequenceClassification`` with ``num_labels=1`` whose head
     is called ``score`` (GPT-2, Llama, Qwen, Mistral, GPT-NeoX all are); ``tokenizer``: the base
     model's. ``mean``/``std``: the normalisation, r_normalised = (r_raw - mean) / std.
+    ``log_prob_gate``: the token term; None gives the plain last-token reward model (what a
+    folder without ``log_prob_gate.safetensors``, e.g. a reward model trained by TRL, loads as).
 
     We find the last real token from the attention mask ourselves rather than let the HF model
     look for the rightmost token that is not ``pad_token_id``: with a tokenizer whose pad is
     also its <eos> that would skip the <eos> we want to read at.
     """
 
-    def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0):
+    def __init__(self, model, tokenizer, mean: float = 0.0, std: float = 1.0,
+                 log_prob_gate: LogProbGate | None = None):
         super().__init__()
         if not hasattr(model, "score") or model.config.num_labels != 1:
             raise ValueError("RewardModel needs a ...ForSequenceClassification with num_labels=1 and a "
                              "'score' head; build one with RewardModel.from_base(base_model, tokenizer)")
         self.model, self.tokenizer = model, tokenizer
         self.mean, self.std = float(mean), float(std)
+        self.log_prob_gate = log_prob_gate
 
     @classmethod
-    def from_base(cls, base_model, tokenizer, seed: int = 0) -> "RewardModel":
+    def from_base(cls, base_model, tokenizer, seed: int = 0,
+                  read_log_probs: bool = True) -> "RewardModel":
         """A reward model initialised from a causal LM: same transformer, new head hidden -> 1
-        (the head is drawn with ``seed``; the rest is a copy of the base model's weights)."""
+        (drawn with ``seed``), the base model's LM head (tied to the input embeddings if the base
+        model ties them) and a gate near 0; the rest is a copy of the base model's weights.
+        ``read_log_probs=False``: no token term, the plain last-token reward model."""
         config = copy.deepcopy(base_model.config)
         config.num_labels = 1
         config.pad_token_id = tokenizer.pad_token_id
         torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_config(config)
         model.base_model.load_state_dict(base_model.base_model.state_dict())
-        return cls(model.to(next(base_model.parameters()).device), tokenizer)
+        device = next(base_model.parameters()).device
+        if not read_log_probs:
+            return cls(model.to(device), tokenizer)
+        lm_head = copy.deepcopy(base_model.get_output_embeddings())
+        if base_model.get_output_embeddings().weight is base_model.get_input_embeddings().weight:
+            lm_head.weight = model.get_input_embeddings().weight
+        gate = LogProbGate(lm_head, config.hidden_size)
+        return cls(model.to(device), tokenizer, log_prob_gate=gate.to(device))
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Raw rewards (B,) for ``[left-padded prompt | completion <eos> right-padded]`` rows."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                completion_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw rewards (B,) for ``[left-padded prompt | completion <eos> right-padded]`` rows.
+
+        ``completion_mask`` (B, T): 1 on the completion's tokens, the columns the token term
+        sums over (``score_completions`` gives it). Without it every real token but the first
+        counts: the prompt's terms then add the same to every answer to that prompt, so pairs
+        are still ordered right, but rewards across prompts shift.
+        """
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                        position_ids=position_ids(attention_mask)).last_hidden_state
-        last = (attention_mask * torch.arange(attention_mask.shape[1], device=attention_mask.device)).argmax(1)
-        return self.model.score(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1).float()
+        columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        last = (attention_mask * columns).argmax(1)
+        rows = torch.arange(len(last), device=last.device)
+        r = self.model.score(hidden[rows, last]).squeeze(-1).float()        # w . h_T + b
+        if self.log_prob_gate is None:
+            return r
+        if completion_mask is None:
+            completion_mask = attention_mask * (position_ids(attention_mask) > 0)
+        return r + self.log_prob_gate(hidden, input_ids, completion_mask).sum(1)   # + sum g_t a_t
 
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.mean) / self.std
@@ -138,8 +226,9 @@ class RewardModel(torch.nn.Module):
         was_training = self.model.training
         self.model.eval()
         ids, mask = batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
-        raw = torch.cat([self(ids[i:i + batch_size], mask[i:i + batch_size])
-                         for i in range(0, len(ids), batch_size)])
+        answer = completion_columns(batch).to(self.device)
+        raw = torch.cat([self(ids[i:i + batch_size], mask[i:i + batch_size],
+                              answer[i:i + batch_size]) for i in range(0, len(ids), batch_size)])
         self.model.train(was_training)
         return (self.normalise(raw) if normalize else raw).to(batch.prompt_ids.device)
 
@@ -163,24 +252,68 @@ class RewardModel(torch.nn.Module):
         return self.score(*args, **kwargs)
 
     def save(self, path) -> None:
-        """``save_pretrained`` of model and tokenizer, plus ``normalization.json`` (mean, std)."""
+        """``save_pretrained`` of model and tokenizer, ``normalization.json`` (mean, std) and
+        ``log_prob_gate.safetensors`` (the gate, and the LM head unless it is the embeddings)."""
         os.makedirs(path, exist_ok=True)
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         with open(os.path.join(path, "normalization.json"), "w") as f:
             json.dump({"mean": self.mean, "std": self.std}, f)
+        if self.log_prob_gate is not None:
+            state = self.log_prob_gate.state_dict()
+            if self.log_prob_gate.lm_head.weight is self.model.get_input_embeddings().weight:
+                del state["lm_head.weight"]             # tied: load takes the embeddings again
+            save_file({k: v.contiguous() for k, v in state.items()},
+                      os.path.join(path, "log_prob_gate.safetensors"))
 
     @classmethod
-    def load(cls, path, device: str | None = None) -> "RewardModel":
+    def load(cls, path, device: str | None = None, base_model=None, prompts=None,
+             n_samples: int = 512, max_new_tokens: int = 24, seed: int = 0) -> "RewardModel":
+        """A reward model from a folder: one ``save`` wrote, or any sequence classifier with one
+        output and a ``score`` head, e.g. one TRL's RewardTrainer saved. Without
+        ``normalization.json`` its raw rewards have no known scale: they are then normalised on
+        ``n_samples`` samples of ``base_model`` (which shares the folder's tokenizer) on
+        ``prompts``, as ``train_reward_model`` does (``normalize_rewards``), with a message."""
         path = os.fspath(path)
-        if not os.path.isfile(os.path.join(path, "normalization.json")):
-            raise FileNotFoundError(f"{path!r} holds no saved reward model (no normalization.json); "
-                                    "give the folder RewardModel.save wrote (lesson 2: runs/lesson2/reward_model)")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"{path!r} holds no saved reward model (no config.json); give "
+                                    "the folder RewardModel.save (lesson 2: "
+                                    "runs/lesson2/reward_model) or a trainer's save_model wrote")
+        normalization = os.path.join(path, "normalization.json")
+        if not os.path.isfile(normalization) and (base_model is None or not prompts):
+            raise FileNotFoundError(
+                f"{path!r} has no normalization.json (a reward model trained elsewhere, e.g. by "
+                "TRL), so its rewards have no known scale. Pass base_model= (the causal LM it "
+                "started from, with the same tokenizer) and prompts= (e.g. "
+                "world.split_prompts()[0]) to normalise them on base-model samples")
         model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        with open(os.path.join(path, "normalization.json")) as f:
-            norm = json.load(f)
-        return cls(model.to(pick_device(device)).eval(), tokenizer, norm["mean"], norm["std"])
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        gate = None
+        if os.path.isfile(os.path.join(path, "log_prob_gate.safetensors")):
+            state = load_file(os.path.join(path, "log_prob_gate.safetensors"))
+            embeddings = model.get_input_embeddings().weight
+            tied = "lm_head.weight" not in state                # save leaves a tied LM head out
+            weight = embeddings if tied else state["lm_head.weight"]
+            lm_head = torch.nn.Linear(weight.shape[1], weight.shape[0],
+                                      bias="lm_head.bias" in state)
+            if tied:
+                lm_head.weight = embeddings
+            gate = LogProbGate(lm_head, model.config.hidden_size)
+            gate.load_state_dict({"lm_head.weight": weight.detach(), **state})
+        reward_model = cls(model, tokenizer, log_prob_gate=gate).to(pick_device(device)).eval()
+        if os.path.isfile(normalization):
+            with open(normalization) as f:
+                norm = json.load(f)
+            reward_model.mean, reward_model.std = float(norm["mean"]), float(norm["std"])
+            return reward_model
+        logger.warning("%s has no normalization.json: normalising its rewards on %d samples of "
+                       "the base model (mean 0, std 1), as train_reward_model does; save() "
+                       "keeps them", path, n_samples)
+        normalize_rewards(reward_model, base_model, tokenizer, prompts, n_samples, max_new_tokens,
+                          seed=seed)
+        return reward_model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,22 +332,25 @@ def split_comparisons(comparisons, heldout: float = 0.1, seed: int = 0):
 
 
 def encode_pairs(tokenizer, comparisons, device):
-    """Every pair as 2 rows: (input_ids, attention_mask) of shape (2N, T), chosen rows 0..N-1 and
-    rejected rows N..2N-1, plus the tie and both_bad flags (N,)."""
+    """Every pair as 2 rows: (input_ids, attention_mask, completion_mask) of shape (2N, T) (the
+    last 1 on the completion's tokens), chosen rows 0..N-1 and rejected rows N..2N-1, plus the
+    tie and both_bad flags (N,)."""
     prompts = [c.prompt for c in comparisons]
     texts = [c.chosen for c in comparisons] + [c.rejected for c in comparisons]
     batch = encode_completions(tokenizer, prompts + prompts, texts, device)
     flags = torch.tensor([[c.tie, c.both_bad] for c in comparisons], dtype=torch.bool, device=device)
-    return batch.input_ids, batch.attention_mask, flags[:, 0], flags[:, 1]
+    return (batch.input_ids, batch.attention_mask, completion_columns(batch),
+            flags[:, 0], flags[:, 1])
 
 
-def _pair_forward(reward_model, input_ids, attention_mask, rows):
-    """Raw (r_chosen, r_rejected) for the pairs ``rows``, in one forward pass, all-pad columns cut."""
-    n = len(input_ids) // 2
-    ids, mask = input_ids[torch.cat([rows, rows + n])], attention_mask[torch.cat([rows, rows + n])]
+def _pair_forward(reward_model, rows_of_pairs, rows):
+    """Raw (r_chosen, r_rejected) for the pairs ``rows``, in one forward pass, all-pad columns cut.
+    ``rows_of_pairs``: (input_ids, attention_mask, completion_mask) from ``encode_pairs``."""
+    n = len(rows_of_pairs[0]) // 2
+    ids, mask, answer = (x[torch.cat([rows, rows + n])] for x in rows_of_pairs)
     used = mask.any(0).nonzero().squeeze(1)
-    ids, mask = ids[:, used.min():used.max() + 1], mask[:, used.min():used.max() + 1]
-    r = reward_model(ids, mask)
+    cut = slice(used.min(), used.max() + 1)
+    r = reward_model(ids[:, cut], mask[:, cut], answer[:, cut])
     return r[:len(rows)], r[len(rows):]
 
 
@@ -225,12 +361,12 @@ def pair_rewards(reward_model, comparisons, batch_size: int = 64):
     trained in."""
     was_training = reward_model.training
     reward_model.eval()
-    ids, mask, _, _ = encode_pairs(reward_model.tokenizer, comparisons, reward_model.device)
+    ids, mask, answer, _, _ = encode_pairs(reward_model.tokenizer, comparisons, reward_model.device)
     n = len(comparisons)
     order = (mask[:n].sum(1) + mask[n:].sum(1)).argsort()  # similar lengths together: less padding
     r_chosen, r_rejected = torch.zeros(n, device=ids.device), torch.zeros(n, device=ids.device)
     for rows in order.split(batch_size):
-        r_chosen[rows], r_rejected[rows] = _pair_forward(reward_model, ids, mask, rows)
+        r_chosen[rows], r_rejected[rows] = _pair_forward(reward_model, (ids, mask, answer), rows)
     reward_model.train(was_training)
     return r_chosen.cpu(), r_rejected.cpu()
 
@@ -266,9 +402,10 @@ def normalize_rewards(reward_model, base_model, tokenizer, prompts, n_samples: i
 
 
 def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1, epochs: int = 3,
-                       lr: float = 2e-3, batch_size: int = 32, weight_decay: float = 0.0,
-                       margin: float = 0.0, max_new_tokens: int = 24, seed: int = 0,
-                       device: str | None = None):
+                       lr: float | None = None, gate_lr: float = 5e-3, batch_size: int = 32,
+                       weight_decay: float = 0.0, margin: float = 0.0, max_new_tokens: int = 24,
+                       read_log_probs: bool = True, seed: int = 0, device: str | None = None,
+                       loss_fn=bradley_terry_loss, callbacks=()):
     """Train r(x, y) on judged pairs by minimising the Bradley-Terry loss; returns
     (reward_model, history).
 
@@ -276,11 +413,22 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     comparisons: ``Comparison``s (lesson 1's labels, or ``make_preference_dataset``).
     heldout: fraction of pairs kept out of training and evaluated after every epoch
         (``split_comparisons(comparisons, heldout, seed)`` gives the same split).
-    epochs, lr, batch_size: AdamW with a short warm-up and a cosine decay; the defaults
-        (3 epochs, 2e-3, 32 pairs) fit the tiny base model; a bigger model wants ~1e-5 to 1e-4.
+    epochs, lr, gate_lr, batch_size: AdamW with a short warm-up and a cosine decay. ``gate_lr``
+        for the gate (u, c), ``lr`` for everything else (transformer, LM head, head w, b). A small
+        ``lr`` keeps the knowledge that a_t reads: on held-out facts 2e-3 does worse than 5e-4.
+        The defaults (3 epochs, 32 pairs; ``lr`` 5e-4 with the token term and 5e-3 for the gate,
+        2e-3 without it) fit the tiny base model; a bigger model wants ~1e-5 to 1e-4 for ``lr``.
     margin: see ``bradley_terry_loss``.
+    loss_fn: the training loss, called as ``bradley_terry_loss`` is (a learner's own, checked by
+        ``rlhf_lite.exercises.use``); the held-out loss stays ``bradley_terry_loss``.
     max_new_tokens: length of the base-model samples used for the normalisation
         (``world.max_new_tokens``); the prompts are those of the training pairs.
+    read_log_probs: add the token term sum_t g_t a_t (module docstring, the default): it judges
+        facts the labels never asked about far better than the last-token head alone, and its
+        gate is >= 0, so no answer earns reward by writing more or stranger tokens. False gives
+        the plain last-token reward model (lesson 2 sets the two side by side).
+    callbacks: functions (stage, step, metrics) called after each step and each held-out
+        evaluation (``callbacks.py``).
 
     history: step, train_loss, train_accuracy (every step); epoch, heldout_loss,
     heldout_accuracy (every epoch; empty if heldout is 0); n_train, n_heldout, seconds.
@@ -292,12 +440,17 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     train, held = split_comparisons(comparisons, heldout, seed)
     if not train:
         raise ValueError("no pairs to train on: give comparisons (e.g. make_preference_dataset(...))")
-    reward_model = RewardModel.from_base(base_model, tokenizer, seed).to(device).train()
+    lr = lr if lr is not None else (5e-4 if read_log_probs else 2e-3)
+    reward_model = RewardModel.from_base(base_model, tokenizer, seed, read_log_probs)
+    reward_model = reward_model.to(device).train()
     trained = parallel.data_parallel(reward_model)   # several processes: DDP averages gradients
-    ids, mask, tie, both_bad = encode_pairs(tokenizer, train, device)
+    ids, mask, answer, tie, both_bad = encode_pairs(tokenizer, train, device)
     steps_per_epoch = len(parallel.minibatches(torch.arange(len(train)), batch_size))
     total = epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(reward_model.parameters(), lr=lr, weight_decay=weight_decay)
+    gate = list(reward_model.log_prob_gate.gate.parameters()) if read_log_probs else []
+    rest = [p for p in reward_model.parameters() if all(p is not q for q in gate)]
+    optimizer = torch.optim.AdamW([dict(params=rest, lr=lr), dict(params=gate, lr=gate_lr)],
+                                  weight_decay=weight_decay)
     warmup = max(1, total // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
                                                  * 0.5 * (1 + math.cos(math.pi * s / total)))
@@ -310,8 +463,8 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
         order = torch.randperm(len(train), generator=generator).to(device)
         for rows in parallel.minibatches(order, batch_size):    # this process's share of each
             with autocast(device):
-                r_chosen, r_rejected = _pair_forward(trained, ids, mask, rows)
-            loss = bradley_terry_loss(r_chosen, r_rejected, tie[rows], both_bad[rows], margin)
+                r_chosen, r_rejected = _pair_forward(trained, (ids, mask, answer), rows)
+            loss = loss_fn(r_chosen, r_rejected, tie[rows], both_bad[rows], margin)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(reward_model.parameters(), 1.0)
@@ -323,6 +476,8 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
                                                                  tie[rows], both_bad[rows]))
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+            log_step(callbacks, "reward_model", history["step"][-1],
+                     {"loss": history["train_loss"][-1], "accuracy": history["train_accuracy"][-1]})
         # --- held-out pairs
         if held:
             r_chosen, r_rejected = pair_rewards(reward_model, held)
@@ -332,6 +487,9 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
                                                               margin).item())
             history["heldout_accuracy"].append(preference_accuracy(r_chosen, r_rejected, flags[:, 0], flags[:, 1]))
             bar.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{history['heldout_accuracy'][-1]:.3f}")
+            log_step(callbacks, "reward_model", history["step"][-1],
+                     {"heldout_loss": history["heldout_loss"][-1],
+                      "heldout_accuracy": history["heldout_accuracy"][-1]})
     bar.close()
     # --- normalise on base-model samples
     reward_model.eval()
@@ -348,20 +506,33 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
 def noise_ceiling(labeler, comparisons) -> float:
     """The best accuracy any reward model can expect against this labeler's labels.
 
-    The simulated labeler picks the left answer with probability p = labeler.prob_left(x, A, B).
-    Even a model that knows p exactly can only predict the likelier choice, and is right with
-    probability max(p, 1 - p); averaged over the pairs, that is the ceiling. (With a position
-    bias, p depends on which answer was shown left; we take the chosen one as left.)
+    A reward model reads (x, y) and never sees which answer was shown on the left, so it is
+    *side-blind*. The simulated labeler prefers the left answer with probability
+    sigmoid(du / T + b) (``labeler.prob_left``), du the utility gap, b its position bias. With
+    the sides a coin flip, the answer with the higher utility wins with probability
+
+        p = 1/2 [sigmoid(|du| / T + b) + sigmoid(|du| / T - b)]
+
+    and a model that knows u exactly, predicting that answer, is right with probability p
+    (1/2 when du = 0). The ceiling is p averaged over the pairs with a preference. Without a
+    position bias it is the plain max(P, 1 - P) of a Bradley-Terry choice.
     """
-    ps = [labeler.prob_left(c.prompt, c.chosen, c.rejected) for c in comparisons if not (c.tie or c.both_bad)]
-    return sum(max(p, 1 - p) for p in ps) / len(ps) if ps else float("nan")
+    ps = []
+    for c in comparisons:
+        if not (c.tie or c.both_bad):
+            chosen_left = labeler.prob_left(c.prompt, c.chosen, c.rejected)       # P(chosen wins)
+            chosen_right = 1 - labeler.prob_left(c.prompt, c.rejected, c.chosen)  # when shown right
+            p = 0.5 * (chosen_left + chosen_right)
+            ps.append(max(p, 1 - p))
+    return sum(ps) / len(ps) if ps else float("nan")
 
 
 def shortfall_by_style(world, labeler, comparisons, r_chosen, r_rejected) -> list[dict]:
     """Where the accuracy falls short of the noise ceiling, by the styles of the two answers.
 
     One row per pair of styles (``world.style``, in alphabetical order): ``pairs``, the
-    ``accuracy`` against the labels and the ``ceiling`` on those pairs, and ``points``: how many
+    ``accuracy`` against the labels (``accuracy_ci95``: its Wilson interval) and the ``ceiling``
+    on those pairs, and ``points``: how many
     points of the overall gap (ceiling - accuracy, over all pairs with a preference) they account
     for. The rows' points add up to that gap; the largest first.
     """
@@ -376,6 +547,7 @@ def shortfall_by_style(world, labeler, comparisons, r_chosen, r_rejected) -> lis
         accuracy = preference_accuracy(r_chosen[idx], r_rejected[idx])
         ceiling = noise_ceiling(labeler, [comparisons[i] for i in idx])
         rows.append(dict(styles=styles, pairs=len(idx), accuracy=accuracy, ceiling=ceiling,
+                         accuracy_ci95=list(stats.wilson_interval(accuracy * len(idx), len(idx))),
                          points=100 * len(idx) * (ceiling - accuracy) / total))
     return sorted(rows, key=lambda r: -r["points"])
 
@@ -426,16 +598,28 @@ def rewards_by_style(reward_model, world, n: int = 2000, prompts=None, seed: int
 
 
 def evaluate(reward_model, comparisons, world=None, labeler=None, criteria="helpful") -> dict:
-    """The numbers lesson 2 reports on held-out pairs: accuracy against the labels, gold
-    agreement (with ``world``) and the noise ceiling (with the simulated ``labeler``)."""
+    """The numbers lesson 2 reports on held-out pairs.
+
+    accuracy: an ``Estimate`` (value, Wilson 95% interval, n) against the labels, over the pairs
+    with a preference; n_pairs: all pairs given. With ``world``: gold_agreement (the order of
+    the gold utility, see ``gold_agreement``) and gold_accuracy, the accuracy of the gold
+    utility itself against the same labels: what a perfect reward model scores on *these*
+    labels, which the expected ``noise_ceiling_accuracy`` (with the simulated ``labeler``)
+    should match within its interval.
+    """
     comparisons = list(comparisons)
     r_chosen, r_rejected = pair_rewards(reward_model, comparisons)
-    tie = [c.tie for c in comparisons]
-    both_bad = [c.both_bad for c in comparisons]
-    out = dict(n_pairs=len(comparisons), accuracy=preference_accuracy(r_chosen, r_rejected, tie, both_bad))
+    preferred = [i for i, c in enumerate(comparisons) if not (c.tie or c.both_bad)]
+    out = dict(n_pairs=len(comparisons),
+               accuracy=stats.accuracy((r_chosen[preferred] > r_rejected[preferred]).tolist()))
+    crit = labeler.criteria if labeler is not None else criteria
     if world is not None:
-        out["gold_agreement"] = gold_agreement(world, comparisons, r_chosen, r_rejected,
-                                               labeler.criteria if labeler is not None else criteria)
+        out["gold_agreement"] = gold_agreement(world, comparisons, r_chosen, r_rejected, crit)
+        kept = [comparisons[i] for i in preferred]
+        u_chosen = world.gold_many([c.prompt for c in kept], [c.chosen for c in kept], crit)
+        u_rejected = world.gold_many([c.prompt for c in kept], [c.rejected for c in kept], crit)
+        out["gold_accuracy"] = stats.accuracy([(a > b) + 0.5 * (a == b)
+                                               for a, b in zip(u_chosen, u_rejected)])
     if labeler is not None:
         out["noise_ceiling_accuracy"] = noise_ceiling(labeler, comparisons)
     return out

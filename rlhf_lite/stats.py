@@ -61,6 +61,15 @@ class Estimate:
 
     __hash__ = object.__hash__
 
+    # arithmetic reads the value, so ``ceiling - accuracy`` works as on a float
+    def __add__(self, other): return self.value + float(other)          # noqa: E704
+    def __radd__(self, other): return float(other) + self.value         # noqa: E704
+    def __sub__(self, other): return self.value - float(other)          # noqa: E704
+    def __rsub__(self, other): return float(other) - self.value         # noqa: E704
+    def __mul__(self, other): return self.value * float(other)          # noqa: E704
+    def __rmul__(self, other): return float(other) * self.value         # noqa: E704
+    def __truediv__(self, other): return self.value / float(other)      # noqa: E704
+
 
 def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson's score interval for a proportion successes / n (see the module docstring)."""
@@ -73,7 +82,7 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
 
 
 def accuracy(correct) -> Estimate:
-    """The share of True in ``correct`` (bools or 0/1; 1/2 counts as half) with Wilson's interval."""
+    """The share of True in ``correct`` (bools or 0/1; 1/2 counts half), with Wilson's interval."""
     values = [float(c) for c in correct]
     if not values:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
@@ -106,6 +115,7 @@ def win_rate(ours, theirs, groups, n_boot: int = 2000, seed: int = 0) -> Estimat
     ``groups`` (the prompt of each pair). The one head-to-head rule every comparison uses."""
     ours, theirs = list(ours), list(theirs)
     if len(ours) != len(theirs):
-        raise ValueError(f"win_rate got {len(ours)} scores against {len(theirs)}; pair them one to one")
+        raise ValueError(f"win_rate got {len(ours)} scores against {len(theirs)}; "
+                         "give one opponent a score")
     wins = [(a > b) + 0.5 * (a == b) for a, b in zip(ours, theirs)]
     return bootstrap_mean(wins, groups, n_boot, seed)

@@ -5,12 +5,19 @@ completions side by side. Which completion goes left is a coin flip seeded by th
 (``shown_sides``), so a habit of clicking "left" cannot favour either completion, and the store
 records the sides so that the habit can be measured (``left_choice_rate``).
 
+The first ``hand_pairs`` pairs (``HAND_PAIRS``, 40: the same for everyone who draws the pairs with
+the same seed) are meant for you; the progress counts those. The rest, and any you skip, get
+their labels from a stand-in labeler with your taste when a later stage reads the store
+(``taste.training_labels``), so every label you give counts, also after "Run All". You may go
+on past the first ``hand_pairs``: those labels count too.
+
 Every answer is written to the ``LabelStore`` (flushed and fsynced) *before* the next pair
 appears. Closing the tab or restarting the kernel loses nothing: a new widget on the same store
 file starts at the first pair you have neither labeled nor skipped. Undo records an undo event
 and brings the undone pair back.
 
-Keys, while the mouse is over the widget (they need the ``ipyevents`` package; without it the
+It needs ``ipywidgets`` (``pip install "rlhf-lite[course]"``); the rest of the package does
+not. Keys, while the mouse is over the widget (they need the ``ipyevents`` package; without it the
 buttons work alone): ``<-`` or ``a`` A better, ``->`` or ``b`` B better, ``t`` tie, ``x`` both
 bad, ``s`` skip, ``u`` or Backspace undo. While the mouse is over it, JupyterLab's own
 single-key shortcuts (``a``, ``b``, ``x``...) do not reach the notebook.
@@ -19,12 +26,14 @@ from __future__ import annotations
 
 import html
 
-import ipywidgets as widgets
-
 from .label_store import shown_sides
 from .preferences import pair_key
 from .world import get_criteria
 
+try:   # the course extra; a headless install has neither, and only this widget needs them
+    import ipywidgets as widgets
+except ImportError:
+    widgets = None
 try:
     from ipyevents import Event
 except ImportError:  # the buttons still work; only the keys need it
@@ -39,6 +48,8 @@ ACTIONS = {  # button description -> (the choice recorded, or skip/undo; its key
     "Undo": ("undo", ("u", "Backspace")),
 }
 KEY_LABELS = {"ArrowLeft": "\u2190", "ArrowRight": "\u2192", "Backspace": "Backspace"}
+HAND_PAIRS = 40
+"""How many of the first pairs are meant for labeling by hand (the progress bar counts these)."""
 
 
 def _keys_text(keys) -> str:
@@ -47,16 +58,22 @@ def _keys_text(keys) -> str:
 
 class LabelingWidget:
     """Label ``pairs`` (``(prompt, completion_1, completion_2)`` tuples, as ``sample_pairs``
-    returns) into ``store`` as ``labeler`` ("you"), following ``criteria``'s guidelines.
+    returns) into ``store`` as ``labeler`` ("you"), following ``criteria``'s guidelines; the
+    first ``hand_pairs`` are meant for you (the progress counts them), the rest go on after them.
 
     Display the object in a notebook to show it. ``buttons`` maps each description ("A better",
     "B better", "Tie", "Both bad", "Skip", "Undo") to its ``ipywidgets.Button``; ``current`` is
     the pair on screen as (prompt, left, right, swapped), or None when every pair is done.
     """
 
-    def __init__(self, store, pairs, criteria="helpful", seed: int = 0, labeler: str = "you"):
+    def __init__(self, store, pairs, criteria="helpful", seed: int = 0, labeler: str = "you",
+                 hand_pairs: int = HAND_PAIRS):
         self.store, self.pairs, self.seed, self.labeler = store, list(pairs), seed, labeler
+        self.hand_pairs = min(hand_pairs, len(self.pairs))
         self.criteria = get_criteria(criteria)
+        if widgets is None:
+            raise ImportError('the labeling widget needs ipywidgets, which comes with the course '
+                              'extra: pip install "rlhf-lite[course]"')
         if not self.pairs:
             raise ValueError("no pairs to label: give a list of (prompt, completion_1, completion_2) "
                              "tuples, e.g. from sample_pairs or draw_pairs")
@@ -78,7 +95,8 @@ class LabelingWidget:
             f"<b>Which answer is better?</b> Criteria: <b>{html.escape(self.criteria.name)}</b>"
             f"<div style='background:#f3f6fa;border-left:4px solid #4a7ab5;padding:4px 8px;margin:4px 0'>"
             f"{html.escape(self.criteria.guidelines)}</div>")
-        self._progress_bar = widgets.IntProgress(min=0, max=len(self.pairs), layout=widgets.Layout(width="40%"))
+        self._progress_bar = widgets.IntProgress(min=0, max=self.hand_pairs,
+                                                 layout=widgets.Layout(width="40%"))
         self._progress = widgets.HTML()
         self._prompt = widgets.HTML()
         panel = dict(border="1px solid #bbb", padding="6px 10px", width="50%", min_height="60px")
@@ -143,18 +161,28 @@ class LabelingWidget:
             self.act(action)
 
     def _show(self, message: str = "") -> None:
-        keys = {pair_key(p) for p in self.pairs}
-        labeled = self.store.counts(self.pairs)[self.labeler]
-        done = len(keys & self.store.done(self.labeler))
+        mine = self.store.done(self.labeler)
+        hand = {pair_key(p) for p in self.pairs[:self.hand_pairs]}
+        done = len(hand & mine)
+        labeled = self.store.counts(self.pairs[:self.hand_pairs])[self.labeler]
+        extra = self.store.counts(self.pairs[self.hand_pairs:])[self.labeler]
+        rest = len({pair_key(p) for p in self.pairs}) - labeled - extra
         self._progress_bar.value = done
-        self._progress.value = (f"&nbsp;<b>{done} / {len(keys)}</b> pairs done: {labeled} labeled "
-                                f"by {html.escape(self.labeler)}, {done - labeled} skipped")
+        lines = [f"<b>{done} / {len(hand)}</b> pairs for you done: {labeled} labeled by "
+                 f"{html.escape(self.labeler)}, {done - labeled} skipped"
+                 + (f"; and {extra} more after them" if extra else "")]
+        if done == len(hand) and len(self.pairs) > len(hand):
+            lines.append("Thank you! Going on is welcome: every label you give counts.")
+        if rest:
+            lines.append(f"The other {rest:,} pairs get their labels from a stand-in with your "
+                         "taste when the next lesson reads them.")
+        self._progress.value = "<br>".join("&nbsp;" + line for line in lines)
         current = self.current
         for button in self.buttons.values():
             button.disabled = current is None and button.description != "Undo"
         if current is None:
-            self._prompt.value = ("<b>All pairs done.</b> Thank you! Run the next cell: it fills any "
-                                  "pair without a label with the simulated labeler.")
+            self._prompt.value = ("<b>All pairs done.</b> Thank you! The next lessons train on "
+                                  "your labels as they are when they start.")
             self._left.value = self._right.value = ""
         else:
             prompt, left, right, _ = current

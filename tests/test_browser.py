@@ -11,6 +11,11 @@ of its own naming the label it undoes, labeler "you", and each label's left/righ
 completions the browser showed on each side, with ``swapped`` mapping them back to the pair's
 order (the notebook saves the pairs next to the store; the test reads what was on screen).
 
+Labels given after "Run All" count: the notebook's last cell, run by "Run All" before any click,
+reads what the next stage trains on (``taste.training_labels``) and reports none of yours; after
+the clicks, the next stage's read (here, in the test's own process, as lesson 2's kernel would)
+reports the three labels in force as yours and the stand-in's label for the fourth pair.
+
 Needs /usr/bin/chromium (``apt-get install -y chromium``) and the ``playwright`` package (its own
 browser download is not used). Without them the test is skipped, unless the environment
 variable CI is set: there it fails, because CI must run it. Run alone with
@@ -138,11 +143,12 @@ def _events(store: Path) -> list[dict]:
     return [json.loads(line) for line in store.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _drive(page, url: str, token: str, store: Path, pairs_file: Path, phases: dict) -> list[dict]:
+def _drive(page, url: str, token: str, store: Path, pairs_file: Path, phases: dict):
     """Open the notebook, run all, click through CLICKS. Before each click, wait until the pair
     CLICKS names is on screen and note which completion the browser draws on the left (the smaller
     x: what the learner sees, whatever the widget's markup); after it, wait until the kernel has
-    written the event to the store. Returns what was on screen at each click."""
+    written the event to the store. Returns what was on screen at each click, and what the
+    notebook's last cell (the next stage's read) printed at "Run All"."""
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(f"{url}/lab/tree/{NOTEBOOK}?reset&token={token}")
     page.get_by_text("(ipykernel) | Idle").first.wait_for()
@@ -158,6 +164,11 @@ def _drive(page, url: str, token: str, store: Path, pairs_file: Path, phases: di
         raise AssertionError(f"a cell of {NOTEBOOK} failed:\n{traceback.first.inner_text()}")
     for button in buttons.values():
         button.wait_for(state="visible")
+    next_stage = notebook.locator(".jp-OutputArea-output", has_text="are yours")
+    next_stage.or_(traceback).first.wait_for(state="visible")
+    if traceback.count():
+        raise AssertionError(f"a cell of {NOTEBOOK} failed:\n{traceback.first.inner_text()}")
+    report = next_stage.first.inner_text().strip()
     phases["run all, widget shown"] = time.monotonic()
     widget = notebook.locator(".jp-OutputArea-output", has=page.locator(".widget-button"))
     pairs = json.loads(pairs_file.read_text())
@@ -173,7 +184,7 @@ def _drive(page, url: str, token: str, store: Path, pairs_file: Path, phases: di
         _wait(lambda: store.exists() and store.read_bytes().count(b"\n") >= n,
               f"event {n} (after clicking {name!r}) in {store}")
     phases["5 clicks, 5 events on disk"] = time.monotonic()
-    return shown
+    return shown, report
 
 
 def test_label_widget_in_jupyterlab(tmp_path):
@@ -195,7 +206,7 @@ def test_label_widget_in_jupyterlab(tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             try:
-                shown = _drive(page, url, token, store, pairs_file, phases)
+                shown, run_all_report = _drive(page, url, token, store, pairs_file, phases)
                 page.screenshot(path=str(screenshot))  # the last state, for a failed assertion below
             except Exception as error:
                 try:
@@ -242,3 +253,15 @@ def test_label_widget_in_jupyterlab(tmp_path):
     got = [(c.prompt, c.chosen, c.rejected, c.tie, c.both_bad) for c in LabelStore(store).comparisons()]
     assert got == [(pairs[s["index"]][0], *chosen_rejected, s["choice"] == "tie", s["choice"] == "both_bad")
                    for s, chosen_rejected in zip(clicked[1:], expect)], where
+
+    # labels given after "Run All" count: at Run All the next stage found none of yours; now it
+    # reads the three in force as yours, and a stand-in labels the fourth pair
+    from rlhf_lite.taste import training_labels
+    from rlhf_lite.world import World
+
+    assert run_all_report.startswith("4 comparisons: 0 are yours, 4 the stand-in's"), run_all_report
+    next_stage = training_labels(store, World(), pairs)
+    assert (next_stage.yours, next_stage.stand_in) == (3, 1), f"{next_stage}{where}"
+    read = [(c.prompt, c.chosen, c.rejected, c.tie, c.both_bad) for c in next_stage.comparisons]
+    assert read[:3] == got, where
+    assert [c.labeler for c in next_stage.comparisons] == ["you"] * 3 + ["stand-in"]

@@ -1,12 +1,13 @@
 """Tokenizer, base model, generation and log-probs."""
 import collections
+import dataclasses
 
 import pytest
 import torch
 
 from conftest import tiny_llama
 from rlhf_lite.models import (build_tokenizer, completion_logprobs, encode_completions, generate,
-                              load_model, make_base_model, pretrain, save_model)
+                              load_model, make_base_model, not_text_ids, pretrain, save_model)
 from rlhf_lite.world import STYLE_MIX
 
 
@@ -25,6 +26,38 @@ def test_tokenizer_round_trip(world, tmp_path):
     text = "Great question! The capital of France is Paris. Hope this helps!"
     assert again(text).input_ids == tokenizer(text).input_ids
     assert again.pad_token_id == tokenizer.pad_token_id
+
+
+def test_decode_then_encode_is_the_identity_on_10000_generated_sequences(world):
+    """What the reward model, DPO and SFT read (re-encoded text) must be the tokens PPO scored.
+    An untrained model writes any token in any order (", ," and "? ." included)."""
+    tokenizer = build_tokenizer(world)
+    model = make_base_model(tokenizer, seed=3).eval()
+    prompts = world.prompts[:100] * 100
+    batch = generate(model, tokenizer, prompts, world.max_new_tokens, seed=0)
+    again = encode_completions(tokenizer, batch.prompts, batch.texts, "cpu")
+    assert torch.equal(again.prompt_ids, batch.prompt_ids)
+    for i in range(len(prompts)):
+        ids = batch.completion_ids[i, :int(batch.completion_mask[i].sum())].tolist()
+        ids += [] if batch.ended[i] else [tokenizer.eos_token_id]   # encode closes with <eos>
+        assert again.completion_ids[i, :len(ids)].tolist() == ids, batch.texts[i]
+    written = batch.completion_ids[batch.completion_mask.bool()]
+    assert not any(t in written for t in not_text_ids(tokenizer))      # never <pad> or <unk>
+
+
+def test_top_k_samples_are_scored_under_the_distribution_they_came_from(world):
+    tokenizer = build_tokenizer(world)
+    model = make_base_model(tokenizer, seed=3).eval()
+    for top_k in (None, 3):
+        batch = generate(model, tokenizer, world.prompts[:64], world.max_new_tokens, top_k=top_k,
+                         seed=0)
+        with torch.no_grad():
+            scored = completion_logprobs(model, batch)
+        assert torch.allclose(scored, batch.logprobs, atol=1e-4), top_k
+        if top_k is not None:     # each token is one of the 3 likeliest: log-prob >= log(1/3)-ish
+            with torch.no_grad():
+                full = completion_logprobs(model, dataclasses.replace(batch, top_k=None))
+            assert (scored >= full - 1e-6).all() and (scored > full + 0.1).any()
 
 
 def test_base_model_reproduces_the_corpus_style_mix(world, base):

@@ -58,8 +58,8 @@ def test_each_process_gets_its_share_of_every_minibatch(monkeypatch, processes):
 
 
 def test_two_processes_take_the_step_one_process_takes(base, tmp_path):
-    """Same global batches: the reward model's losses, PPO's losses and statistics (global
-    masked means, advantages whitened over both shares) and the weights after the updates
+    """Same global batches: the reward model's losses, PPO's losses and statistics (token means
+    over both shares, advantages whitened over both) and the weights after the updates
     (gradients averaged by DDP) match one process's, each process having sampled half."""
     code, _, err = launch([str(REPO / "tests" / "data_parallel_worker.py"), str(RUNS),
                            str(tmp_path / "two.pt")], tmp_path)
@@ -90,5 +90,5 @@ def test_pipeline_with_two_processes_writes_one_folder(base, tmp_path):
     assert metrics["processes"] == 2 and metrics["ppo"]["episodes"] == 64
     assert err.count("wrote run/metrics.json") == 1
     assert sorted(os.listdir(tmp_path / "run")) == sorted([
-        "comparisons.jsonl", "metrics.json", "policy", "ppo.png", "ppo_history.json",
-        "pretrain.png", "reward_model", "reward_model.png"])
+        "checkpoints", "comparisons.jsonl", "metrics.json", "policy", "ppo.png",
+        "ppo_history.json", "pretrain.png", "reward_model", "reward_model.png"])

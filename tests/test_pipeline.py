@@ -9,12 +9,17 @@ from conftest import RUNS, tiny_llama
 from rlhf_lite.cli import main
 from rlhf_lite.models import build_tokenizer, save_model
 
+RL_KEYS = {"episodes", "initial_reward", "final_reward", "initial_gold", "final_gold", "final_kl",
+           "gold_win_rate_vs_base", "gold_win_rate_vs_base_ci95", "gold_win_rate_n",
+           "gold_win_rate_prompts"}
 KEYS = {
-    "seconds": None, "device": None, "seed": None, "processes": None,
-    "stage_seconds": {"pretrain", "pairs", "reward_model", "ppo"},
-    "reward_model": {"n_train_pairs", "heldout_accuracy", "gold_agreement", "noise_ceiling_accuracy"},
-    "ppo": {"episodes", "initial_reward", "final_reward", "initial_gold", "final_gold", "final_kl",
-            "gold_win_rate_vs_base", "gold_win_rate_vs_base_ci95"},
+    "seconds": None, "device": None, "seed": None, "processes": None, "method": None,
+    "stage_seconds": {"pretrain", "pairs", "reward_model", "rl", "ppo"},
+    "reward_model": {"n_train_pairs", "n_heldout_pairs", "heldout_accuracy",
+                     "heldout_accuracy_ci95", "gold_agreement", "gold_utility_accuracy",
+                     "noise_ceiling_accuracy"},
+    "rl": RL_KEYS,
+    "ppo": RL_KEYS,
 }
 
 
@@ -30,18 +35,42 @@ def test_pipeline_writes_metrics_plots_and_models(base, tmp_path, capsys):
             assert set(metrics[key]) == inner, key
     assert json.loads(capsys.readouterr().out) == metrics          # also printed
     assert metrics["device"] == "cpu" and metrics["seed"] == 0 and metrics["processes"] == 1
-    assert metrics["reward_model"]["n_train_pairs"] == 54            # 60 pairs, 10% held out
+    rm, ppo = metrics["reward_model"], metrics["ppo"]
+    assert rm["n_train_pairs"] == 60                 # all of them: judged on fresh pairs instead
+    assert rm["n_heldout_pairs"] >= 900              # of 1,000 fresh pairs, those with a preference
+    low, high = rm["heldout_accuracy_ci95"]
+    assert low < rm["heldout_accuracy"] < high and high - low < 0.07
+    low, high = ppo["gold_win_rate_vs_base_ci95"]
+    assert low < ppo["gold_win_rate_vs_base"] < high
+    assert ppo["gold_win_rate_n"] == 16 * ppo["gold_win_rate_prompts"]
     assert metrics["ppo"]["episodes"] == 2 * 64
-    low, high = metrics["ppo"]["gold_win_rate_vs_base_ci95"]
-    assert 0.0 <= low <= metrics["ppo"]["gold_win_rate_vs_base"] <= high <= 1.0
     assert 0.0 <= metrics["reward_model"]["heldout_accuracy"] <= 1.0
     assert -1.0 < metrics["ppo"]["final_kl"] < 5.0     # the k1 estimate of one batch: near 0 after 2 steps
     assert metrics["ppo"]["initial_gold"] is not None
-    assert metrics["seconds"] >= sum(metrics["stage_seconds"].values()) - 0.1
+    assert metrics["method"] == "ppo" and metrics["ppo"] == metrics["rl"]
+    low, high = metrics["ppo"]["gold_win_rate_vs_base_ci95"]
+    assert low <= metrics["ppo"]["gold_win_rate_vs_base"] <= high
+    stages = {k: v for k, v in metrics["stage_seconds"].items() if k != "ppo"}   # ppo = rl
+    assert metrics["stage_seconds"]["ppo"] == stages["rl"]
+    assert metrics["seconds"] >= sum(stages.values()) - 0.1
     for name in ("pretrain.png", "reward_model.png", "ppo.png", "comparisons.jsonl", "ppo_history.json",
                  "reward_model/normalization.json", "policy/config.json"):
         assert (out / name).stat().st_size > 0, name
     assert len((out / "comparisons.jsonl").read_text().splitlines()) == 60
+
+
+@pytest.mark.parametrize("method", ["rloo", "grpo"])
+def test_pipeline_with_a_critic_free_method(method, base, tmp_path, capsys):
+    out = tmp_path / method
+    assert main(["pipeline", "--out", str(out), "--cache-dir", str(RUNS), "--pairs", "60",
+                 "--ppo-steps", "2", "--device", "cpu", "--method", method]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == set(KEYS) - {"ppo"}                      # no ppo block: PPO did not run
+    assert set(metrics["stage_seconds"]) == KEYS["stage_seconds"] - {"ppo"}
+    assert metrics["method"] == method and set(metrics["rl"]) == RL_KEYS
+    assert metrics["rl"]["episodes"] == 2 * 64
+    for name in (f"{method}.png", f"{method}_history.json", "policy/config.json"):
+        assert (out / name).stat().st_size > 0, name
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -52,6 +81,7 @@ def test_pipeline_writes_metrics_plots_and_models(base, tmp_path, capsys):
     (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
     (["--threads", "-1"], "argument --threads: expected a positive whole number, got -1"),
     (["--device", "gpu"], "argument --device: unknown device 'gpu'; use 'cpu', 'cuda' or 'cuda:N'"),
+    (["--method", "dpo"], "argument --method: invalid choice: 'dpo' (choose from 'ppo', 'rloo', 'grpo')"),
 ])
 def test_bad_arguments_get_a_clear_error(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -97,7 +127,7 @@ def test_pipeline_on_your_own_model(world, tmp_path, caplog):
                      "--ppo-steps", "1", "--device", "cpu"]) == 0
     assert "has no pad token: padding with its eos token '<eos>'" in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["reward_model"]["n_train_pairs"] == 36 and metrics["ppo"]["episodes"] == 64
+    assert metrics["reward_model"]["n_train_pairs"] == 40 and metrics["ppo"]["episodes"] == 64
     assert not (out / "runs").exists()                                  # nothing pretrained
     for folder in ("policy", "reward_model"):
         assert json.loads((out / folder / "config.json").read_text())["model_type"] == "llama"

@@ -84,7 +84,8 @@ def test_truncated_last_line_is_set_aside_and_reported(tmp_path):
     cut = b'{"id": 4, "event": "label", "time": "2026", "labeler": "you", "pro'
     with open(path, "ab") as f:
         f.write(cut)
-    with pytest.warns(LabelStoreWarning, match=r"labels\.jsonl:4: the last line was cut off"):
+    with pytest.warns(LabelStoreWarning,
+                      match=r"labels\.jsonl:4: the last line is cut off mid-write"):
         store = LabelStore(path)
     assert len(store.set_aside) == 1 and "labels.jsonl.setaside" in store.set_aside[0]
     assert [e["id"] for e in store.events] == [1, 2, 3]
@@ -228,7 +229,7 @@ def test_trl_round_trip(tmp_path):
     out = tmp_path / "trl" / "preferences.jsonl"
     assert store.export_trl(out) == 3   # ties and both-bad carry no preference
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert rows[1] == {"prompt": "p1", "chosen": "right 1", "rejected": "left 1 \u00e9"}
+    assert rows[1] == {"prompt": "p1", "chosen": " right 1", "rejected": " left 1 \u00e9"}
     back = read_trl_jsonl(out)
     assert [(c.prompt, c.chosen, c.rejected) for c in back] == \
         [(c.prompt, c.chosen, c.rejected) for c in store.comparisons() if not (c.tie or c.both_bad)]
@@ -241,7 +242,7 @@ def test_trl_round_trip(tmp_path):
 def test_trl_reader_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl: row 1 lacks \['rejected'\]"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: lacks rejected"):
         read_trl_jsonl(path)
     path.write_text('{"prompt": "p"\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: not valid JSON"):

@@ -23,7 +23,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
 def test_presets_hold_every_training_setting_and_fall_with_width(world):
     widths = [PRESETS[name].n_embd for name in ("tiny", "small", "gpu")]
     assert widths == sorted(widths)
-    for rate in ("pretrain_lr", "reward_model_lr", "ppo_lr"):
+    for rate in ("pretrain_lr", "reward_model_lr", "reward_model_gate_lr", "rl_lr"):
         rates = [getattr(PRESETS[name], rate) for name in ("tiny", "small", "gpu")]
         assert rates == sorted(rates, reverse=True) and len(set(rates)) == 3, rate
     assert PRESETS["tiny"].pretrain_lr == 1e-2 and PRESETS["gpu"].pretrain_lr < 1e-2 / 3
@@ -42,16 +42,20 @@ def test_every_presets_settings_make_the_losses_fall(world, name):
     losses = pretrain(model, tokenizer, world, steps=8, batch_size=8, lr=settings.pretrain_lr,
                       corpus_size=200, warmup=settings.warmup, seed=0, device="cpu")
     assert sum(losses[-2:]) / 2 < losses[0] - 0.5, losses
-    # the reward model: its learning rate on four fixed pairs, eight steps
+    # the reward model: its learning rates (the gate's apart) on four fixed pairs, eight steps
     rows = world.corpus(8, seed=3)
     pairs = [Comparison(p, a, b) for (p, a, _), (_, b, _) in zip(rows[::2], rows[1::2])]
     reward_model = RewardModel.from_base(model, tokenizer).train()
-    optimizer = torch.optim.AdamW(reward_model.parameters(), lr=settings.reward_model_lr)
-    ids, mask, tie, both_bad = encode_pairs(tokenizer, pairs, "cpu")
+    gate = list(reward_model.log_prob_gate.gate.parameters())
+    rest = [p for p in reward_model.parameters() if all(p is not q for q in gate)]
+    optimizer = torch.optim.AdamW([dict(params=rest, lr=settings.reward_model_lr),
+                                   dict(params=gate, lr=settings.reward_model_gate_lr)])
+    ids, mask, answer, tie, both_bad = encode_pairs(tokenizer, pairs, "cpu")
     rows = torch.arange(len(pairs))
     bt_losses = []
     for _ in range(8):
-        loss = bradley_terry_loss(*_pair_forward(reward_model, ids, mask, rows), tie, both_bad)
+        r_chosen, r_rejected = _pair_forward(reward_model, (ids, mask, answer), rows)
+        loss = bradley_terry_loss(r_chosen, r_rejected, tie, both_bad)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

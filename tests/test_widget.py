@@ -2,6 +2,7 @@
 does. Every check reads back what the store wrote to disk."""
 import html
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -142,6 +143,32 @@ def test_the_learners_clicks_win_over_the_simulated_fill(tmp_path, world, pairs)
     assert store.counts(pairs) == {"you": 2, "sim-helpful": 10}
     tie = next(c for c in store.comparisons() if c.prompt == pairs[1][0])
     assert tie.tie and tie.labeler == "you"
+
+
+def test_progress_counts_the_pairs_meant_for_you_and_later_labels_count(tmp_path, pairs, world):
+    """The bar counts the first ``hand_pairs`` (the same for everyone); the text says how many are
+    yours and that a stand-in with your taste labels the rest; going on past them is welcome."""
+    from rlhf_lite.taste import training_labels
+    from rlhf_lite.widget import HAND_PAIRS
+
+    assert HAND_PAIRS == 40
+    path = tmp_path / "labels.jsonl"
+    widget = LabelingWidget(LabelStore(path), pairs, hand_pairs=4)
+
+    def progress():
+        return re.sub("<[^>]+>", "", html.unescape(widget._progress.value)).replace("\xa0", " ")
+    assert widget._progress_bar.max == 4 and "0 / 4 pairs for you" in progress()
+    assert "The other 12 pairs get their labels from a stand-in with your taste" in progress()
+    for name in ["A better", "Skip", "B better", "Tie"]:
+        widget.buttons[name].click()
+    assert widget._progress_bar.value == 4 and "4 / 4" in progress()
+    assert "3 labeled by you, 1 skipped" in progress()
+    assert "Thank you! Going on is welcome" in progress() and widget.current[0] == pairs[4][0]
+    widget.buttons["A better"].click()                     # a fifth, past the ones meant for you
+    assert "and 1 more after them" in progress() and widget._progress_bar.value == 4
+    assert "The other 8 pairs" in progress()               # 12 - 3 - 1: the skipped one included
+    got = training_labels(path, world, pairs)
+    assert (got.yours, got.stand_in) == (4, 8)
 
 
 HOLD = ("import sys; from rlhf_lite.label_store import LabelStore; s = LabelStore(sys.argv[1]); "

@@ -114,6 +114,21 @@ def test_trivia_has_five_families_and_several_phrasings(world):
     assert len({p.split()[1:3].__str__() for p in world.prompts}) >= 5
 
 
+@pytest.mark.parametrize("task", ["trivia", "summaries"])
+def test_heldout_prompts_ask_facts_no_training_prompt_asks(task):
+    world = World(task, seed=0)
+    train, heldout = world.split_prompts()
+    train_facts, heldout_facts = {world.fact(p) for p in train}, {world.fact(p) for p in heldout}
+    assert train_facts.isdisjoint(heldout_facts)
+    assert sorted(train + heldout) == sorted(world.prompts)
+    assert 0.15 < len(heldout_facts) / (len(train_facts) + len(heldout_facts)) < 0.3
+    families = {f.split(":")[0] for f in train_facts | heldout_facts}
+    assert {f.split(":")[0] for f in heldout_facts} == families      # every family is tested
+    if task == "trivia":   # every phrasing of a held-out fact is held out
+        france = [p for p in world.prompts if world.fact(p) == "capital:France"]
+        assert len(france) == 4 and len({p in heldout for p in france}) == 1
+
+
 def test_same_seed_same_world_other_seed_other_world():
     assert World(seed=3).corpus(200) == World(seed=3).corpus(200)
     assert World(seed=3).corpus(200) != World(seed=4).corpus(200)
