@@ -24,6 +24,8 @@ import logging
 import math
 import os
 
+from . import parallel
+
 logger = logging.getLogger("rlhf_lite")
 
 
@@ -39,7 +41,10 @@ def scalars(metrics: dict, prefix: str = "") -> dict:
 
 
 def log_step(callbacks, stage: str, step: int, metrics: dict) -> None:
-    """Send one step's numbers to the ``rlhf_lite`` logger and to every callback."""
+    """Send one step's numbers to the ``rlhf_lite`` logger and to every callback; in a
+    data-parallel run (``parallel``) from process 0 only, so that one process writes."""
+    if not parallel.is_main_process():
+        return
     values = scalars(metrics)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("%s step %d: %s", stage, step,

@@ -67,6 +67,7 @@ import time
 
 import torch
 
+from . import parallel
 from .ppo import PPOConfig, PPOTrainer, masked_mean
 
 
@@ -197,6 +198,15 @@ class CriticFreeTrainer(PPOTrainer):
     critic's explained variance."""
     config_class = CriticFreeConfig
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        k, processes = self.config.samples_per_prompt, parallel.processes()
+        if (self.config.batch_size // k) % processes:   # a group's k answers stay in one process
+            raise ValueError(f"{self.name}: batch_size / samples_per_prompt = "
+                             f"{self.config.batch_size // k} groups do not split evenly over the "
+                             f"{processes} processes of this run; make batch_size a multiple "
+                             f"of {processes * k}")
+
     def make_value_model(self, policy, reward):
         return None                                        # the point of the method
 
@@ -222,7 +232,9 @@ class CriticFreeTrainer(PPOTrainer):
         return aggregate(x, mask, self.config.loss_aggregation, self.config.max_new_tokens)
 
     def chunk_weight(self, chunk_mask, minibatch_mask):
-        """Per-completion aggregations are means over completions: a chunk weighs its rows."""
+        """Per-completion aggregations are means over completions: a chunk weighs its rows. In a
+        data-parallel run every process holds n / W rows of a minibatch of n, so DDP's average
+        of the processes' gradients is the gradient of the mean over all n (``parallel``)."""
         if self.config.loss_aggregation == "token":
             return super().chunk_weight(chunk_mask, minibatch_mask)
         return torch.tensor(len(chunk_mask) / len(minibatch_mask))

@@ -718,7 +718,8 @@ class PPOTrainer:
             if plot is not None:
                 plot.update(entry["episodes"], **{k: v for k, v in entry.items() if isinstance(v, float)})
             log_step(callbacks, self.stage, self.iteration, entry)
-            if checkpoint and (self.iteration % checkpoint_every == 0 or _ == todo - 1):
+            due = self.iteration % checkpoint_every == 0 or _ == todo - 1
+            if checkpoint and due and parallel.is_main_process():    # one writer: process 0
                 self.save_checkpoint(checkpoint)
         if plot is not None:
             plot.finish()

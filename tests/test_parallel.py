@@ -58,9 +58,10 @@ def test_each_process_gets_its_share_of_every_minibatch(monkeypatch, processes):
 
 
 def test_two_processes_take_the_step_one_process_takes(base, tmp_path):
-    """Same global batches: the reward model's losses, PPO's losses and statistics (token means
-    over both shares, advantages whitened over both) and the weights after the updates
-    (gradients averaged by DDP) match one process's, each process having sampled half."""
+    """Same global batches: the reward model's losses, PPO's, RLOO's and GRPO's losses and
+    statistics (token means over both shares, advantages whitened over both, GRPO's mean per
+    completion) and the weights after the updates (gradients averaged by DDP) match one
+    process's, each process having sampled half."""
     code, _, err = launch([str(REPO / "tests" / "data_parallel_worker.py"), str(RUNS),
                            str(tmp_path / "two.pt")], tmp_path)
     assert code == 0, err[-4000:]
@@ -69,9 +70,10 @@ def test_two_processes_take_the_step_one_process_takes(base, tmp_path):
     assert (two["episodes_sampled_here"], one["episodes_sampled_here"]) == (EPISODES // 2, EPISODES)
     assert two["reward_model_losses"] == pytest.approx(one["reward_model_losses"], rel=1e-4,
                                                        abs=1e-6)
-    for key, value in one["ppo"].items():
-        assert two["ppo"][key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
-    for key in ("reward_model_step", "policy_step"):
+    for method in ("ppo", "rloo", "grpo"):
+        for key, value in one[method].items():
+            assert two[method][key] == pytest.approx(value, rel=1e-3, abs=1e-5), (method, key)
+    for key in ("reward_model_step", "policy_step", "rloo_policy_step", "grpo_policy_step"):
         # Adam divides each gradient by its own size: float noise in a near-zero gradient moves
         # its weight by up to lr, so the steps agree to ~0.1%, not to float precision. Without
         # gradient averaging (each process stepping on its half) they differ by ~100%.
@@ -92,3 +94,4 @@ def test_pipeline_with_two_processes_writes_one_folder(base, tmp_path):
     assert sorted(os.listdir(tmp_path / "run")) == sorted([
         "checkpoints", "comparisons.jsonl", "metrics.json", "policy", "ppo.png",
         "ppo_history.json", "pretrain.png", "reward_model", "reward_model.png"])
+    assert os.listdir(tmp_path / "run" / "checkpoints") == ["ppo_checkpoint.pt"]
