@@ -67,7 +67,6 @@ import time
 
 import torch
 
-from . import parallel
 from .ppo import PPOConfig, PPOTrainer, masked_mean
 
 
@@ -197,15 +196,6 @@ class CriticFreeTrainer(PPOTrainer):
     ``zero_std_fraction`` (the share of groups whose k scores are all equal) in place of the
     critic's explained variance."""
     config_class = CriticFreeConfig
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        k, processes = self.config.samples_per_prompt, parallel.processes()
-        if (self.config.batch_size // k) % processes:   # a group's k answers stay in one process
-            raise ValueError(f"{self.name}: batch_size / samples_per_prompt = "
-                             f"{self.config.batch_size // k} groups do not split evenly over the "
-                             f"{processes} processes of this run; make batch_size a multiple "
-                             f"of {processes * k}")
 
     def make_value_model(self, policy, reward):
         return None                                        # the point of the method

@@ -486,10 +486,15 @@ class PPOTrainer:
             raise TypeError("reward must be a RewardModel or a function (prompts, completions) -> floats")
         self.tokenizer, self.reward, self.gold_fn, self.prompts = tokenizer, reward, gold_fn, list(prompts)
         self.device = next(policy.parameters()).device
-        if config.batch_size % parallel.processes() or config.minibatch_size % parallel.processes():
-            raise ValueError(f"PPOConfig.batch_size ({config.batch_size}) and minibatch_size "
-                             f"({config.minibatch_size}) must split evenly over the "
-                             f"{parallel.processes()} processes of this run")
+        # data-parallel: each process takes an equal share of every batch and minibatch, and the
+        # completions of one prompt (RLOO's and GRPO's group, samples_per_prompt) stay together
+        processes, group = parallel.processes(), getattr(config, "samples_per_prompt", 1)
+        if config.batch_size % (processes * group) or config.minibatch_size % processes:
+            raise ValueError(
+                f"{type(config).__name__}: batch_size ({config.batch_size}) must be a multiple of "
+                f"{processes * group} and minibatch_size ({config.minibatch_size}) of {processes} "
+                f"to split evenly over the {processes} processes of this run"
+                + (f", {group} completions a prompt in one process" if group > 1 else ""))
         # --- set up: policy, frozen reference, value model (InstructGPT; Huang et al. 2024)
         self.policy = copy.deepcopy(policy)
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)

@@ -11,6 +11,8 @@ import torch
 from conftest import REPO, RUNS
 from data_parallel_worker import EPISODES, first_updates
 from rlhf_lite import parallel
+from rlhf_lite.critic_free import GRPOConfig, GRPOTrainer
+from rlhf_lite.ppo import PPOConfig, PPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,6 +57,19 @@ def test_each_process_gets_its_share_of_every_minibatch(monkeypatch, processes):
     for step, minibatch in enumerate(expected):
         assert sum((batches[rank][step] for rank in range(processes)), []) == minibatch
         assert all(batches[rank][step] for rank in range(processes))   # nobody goes without
+
+
+def test_batches_that_do_not_split_over_the_processes_are_refused(monkeypatch, world, base):
+    """Checked before any process group is joined: every process needs an equal share, and
+    RLOO's and GRPO's groups of completions of one prompt stay in one process."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model, tokenizer = base
+    reward = lambda prompts, texts: [0.0] * len(texts)  # noqa: E731
+    with pytest.raises(ValueError, match=r"PPOConfig: batch_size \(63\) must be a multiple of 2"):
+        PPOTrainer(model, tokenizer, reward, world.prompts, PPOConfig(batch_size=63))
+    config = GRPOConfig(batch_size=8, minibatch_size=8, samples_per_prompt=8)
+    with pytest.raises(ValueError, match="must be a multiple of 16 .*8 completions a prompt"):
+        GRPOTrainer(model, tokenizer, reward, world.prompts, config)
 
 
 def test_two_processes_take_the_step_one_process_takes(base, tmp_path):
