@@ -4,10 +4,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import RUNS, tiny_llama
 from rlhf_lite.cli import main
-from rlhf_lite.models import build_tokenizer, save_model
+from rlhf_lite.models import PRESETS, build_tokenizer, save_model
+from rlhf_lite.ppo import PPOConfig
+from rlhf_lite.preferences import simulate_comparisons, write_trl_jsonl
+from rlhf_lite.world import SimulatedLabeler
 
 RL_KEYS = {"episodes", "initial_reward", "final_reward", "initial_gold", "final_gold", "final_kl",
            "gold_win_rate_vs_base", "gold_win_rate_vs_base_ci95", "gold_win_rate_n",
@@ -131,6 +135,37 @@ def test_pipeline_on_your_own_model(world, tmp_path, caplog):
     assert not (out / "runs").exists()                                  # nothing pretrained
     for folder in ("policy", "reward_model"):
         assert json.loads((out / folder / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_your_own_model_with_a_preset_a_method_your_labels_and_resume(world, tmp_path):
+    """--model with --preset small, --method grpo, --labels and --resume together: the RL stage
+    trains at the preset's learning rate, your labels count, and the resumed run goes on from
+    the first run's checkpoint instead of starting again."""
+    llama = save_tiny_llama(world, tmp_path / "llama")
+    answers = {}                                           # 8 pairs labelled by "you"
+    for prompt, answer, _ in world.corpus(400, seed=5):
+        answers.setdefault(prompt, set()).add(answer)
+    pairs = [(p, *sorted(a)[:2]) for p, a in answers.items() if len(a) > 1][:8]
+    mine = simulate_comparisons(SimulatedLabeler(world, "concise", seed=3), pairs)
+    write_trl_jsonl(mine, tmp_path / "mine.jsonl")
+    out = tmp_path / "run"
+    argv = ["pipeline", "--out", str(out), "--model", str(llama), "--preset", "small",
+            "--method", "grpo", "--labels", str(tmp_path / "mine.jsonl"), "--pairs", "24",
+            "--device", "cpu"]
+    assert main(argv + ["--ppo-steps", "1"]) == 0
+    first = json.loads((out / "grpo_history.json").read_text())
+    checkpoint = torch.load(out / "checkpoints" / "ppo_checkpoint.pt", weights_only=True)
+    rate = checkpoint["config"]["learning_rate"]
+    assert rate == PRESETS["small"].rl_lr != PPOConfig.learning_rate
+    assert main(argv + ["--ppo-steps", "2", "--resume"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "grpo" and "ppo" not in metrics
+    assert metrics["rl"]["episodes"] == 2 * 64 and metrics["labels"]["yours"] == len(mine)
+    history = json.loads((out / "grpo_history.json").read_text())
+    timeless = lambda entries: [{k: v for k, v in e.items() if k != "seconds"}  # noqa: E731
+                                for e in entries]
+    assert len(history) == 2 and timeless(history[:1]) == timeless(first)   # not done again
+    assert json.loads((out / "policy" / "config.json").read_text())["model_type"] == "llama"
 
 
 @pytest.mark.parametrize("problem, message", [
