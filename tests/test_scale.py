@@ -73,7 +73,8 @@ def test_autocast_is_bf16_on_a_gpu_and_nothing_on_the_cpu():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_every_stage_runs_on_the_device_with_fp32_logprobs_and_losses(world, base, device):
+def test_every_stage_runs_on_the_device_with_fp32_logprobs_and_losses(world, base, device,
+                                                                      tmp_path):
     """Each module's tensors on ``device`` (the CUDA run is the device audit); under autocast
     (bf16 on a GPU) the log-probs, rewards and values that losses and the KL use are fp32."""
     model, tokenizer = base
@@ -95,6 +96,13 @@ def test_every_stage_runs_on_the_device_with_fp32_logprobs_and_losses(world, bas
     with autocast(device):
         scores = reward_model.score_completions(batch)
     assert scores.device.type == here and scores.dtype == torch.float32
+    # its log-prob gate (and LM head) too, and saved and loaded with the rest
+    assert {p.device.type for p in reward_model.log_prob_gate.parameters()} == {here}
+    reward_model.save(tmp_path / "reward_model")
+    loaded = RewardModel.load(tmp_path / "reward_model", device)
+    assert {p.device.type for p in loaded.log_prob_gate.parameters()} == {here}
+    with autocast(device):
+        assert torch.allclose(loaded.score_completions(batch), scores, atol=1e-4)
     assert 0 <= evaluate(reward_model, comparisons[:10], world, labeler)["accuracy"] <= 1
     # PPO: value models, one iteration, the win rate
     values = ValueModel.from_reward_model(reward_model)(batch)
