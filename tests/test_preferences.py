@@ -1,6 +1,7 @@
 """The label store: durable, append-only, strict about malformed files, one writer at a time;
 the TRL export; the simulated fill; position bias read back from the recorded sides."""
 import json
+import logging
 import os
 import random
 import signal
@@ -176,12 +177,14 @@ def test_the_lock_refuses_a_second_writer_until_the_first_dies(tmp_path):
     assert store.label("second writer", "a", "b", "A")["id"] == 2   # re-read under the lock
 
 
-def test_in_one_process_the_newer_store_takes_over(tmp_path):
+def test_in_one_process_the_newer_store_takes_over(tmp_path, caplog):
     path = tmp_path / "labels.jsonl"
     older, newer = LabelStore(path), LabelStore(path)
     older.label("p0", "a", "b", "A")
-    with pytest.warns(LabelStoreWarning, match="takes over"):
+    with caplog.at_level(logging.INFO, logger="rlhf_lite"), warnings.catch_warnings():
+        warnings.simplefilter("error")                   # a cell run twice: no warning
         assert newer.label("p1", "a", "b", "B")["id"] == 2
+    assert "takes over" in caplog.text
     with pytest.raises(LabelStoreLockedError, match="newer LabelStore"):
         older.label("p2", "a", "b", "A")
     newer.close()
