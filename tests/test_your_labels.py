@@ -10,7 +10,7 @@ from rlhf_lite.classroom import (agreement, class_tastes, format_agreement, pool
                                  simulated_class)
 from rlhf_lite.cli import main
 from rlhf_lite.label_store import LabelStore, fill_unlabeled, shown_sides
-from rlhf_lite.preferences import pair_key, write_trl_jsonl
+from rlhf_lite.preferences import pair_key, read_trl_jsonl, write_trl_jsonl
 from rlhf_lite.taste import read_labels, training_labels
 
 from test_taste import corpus_pairs
@@ -197,5 +197,6 @@ def test_rlhf_lite_pipeline_labels_on_a_trl_file(base, world, tmp_path, capsys, 
     assert (labels["yours"], labels["stand_in"], labels["taste_fitted"]) == (12, 28, True)
     assert set(labels["taste"]) >= {"correct", "friendly", "length", "rude"}
     assert "12 are yours, 28 the stand-in's" in capsys.readouterr().out
-    rows = [json.loads(line) for line in (out / "comparisons.jsonl").read_text().splitlines()]
-    assert [(r["prompt"], r["chosen"]) for r in rows[:12]] == [(c.prompt, c.chosen) for c in mine]
+    rows = read_trl_jsonl(out / "comparisons.jsonl")     # TRL's text: " " + completion, read back
+    assert [(r.prompt, r.chosen) for r in rows[:12]] == [(c.prompt, c.chosen) for c in mine]
+    assert 12 <= len(rows) <= 40                     # ties are left out of the export
