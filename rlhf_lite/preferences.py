@@ -186,9 +186,12 @@ def gold_agreement(world, pairs, picks, criteria="helpful") -> Estimate:
     preference) chose the answer that gold prefers under ``criteria``, over the pairs whose two
     answers differ in gold; None counts as a coin flip (1/2: it tells a reward model nothing).
     With its 95% interval and n (``stats.accuracy``)."""
-    hits = []
-    for (prompt, first, second), pick in zip(pairs, picks, strict=True):
-        diff = world.gold(prompt, first, criteria) - world.gold(prompt, second, criteria)
+    hits, diffs = [], {}
+    for pair, pick in zip(pairs, picks, strict=True):
+        if pair not in diffs:       # pairs may repeat (several seeds of the same pairs)
+            prompt, first, second = pair
+            diffs[pair] = world.gold(prompt, first, criteria) - world.gold(prompt, second, criteria)
+        diff = diffs[pair]
         if diff:
             hits.append(0.5 if pick is None else pick == ("A" if diff > 0 else "B"))
     return accuracy(hits)
