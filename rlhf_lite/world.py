@@ -427,6 +427,9 @@ class World:
 # Simulated labelers: Bradley-Terry choices under their own criteria.
 # ---------------------------------------------------------------------------------------------
 
+EULER_GAMMA = 0.5772156649015329   # the mean of a standard Gumbel draw
+
+
 def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
@@ -464,7 +467,15 @@ class SimulatedLabeler:
         return "A" if self._rng.random() < self.prob_left(prompt, left, right) else "B"
 
     def score(self, prompt: str, text: str, scale: float = 1.0, offset: float = 0.0) -> float:
-        """A 1-10 style *score* a rater with their own ``scale`` and ``offset`` would give:
-        what asking for scores instead of comparisons gets you (lesson 1)."""
+        """The *score* (unrounded) a rater with their own ``scale`` a and ``offset`` c gives one
+        answer on its own, what asking for scores instead of comparisons gets you (lesson 1)::
+
+            score = a * (u(x, y) + eps) + c,    eps ~ Gumbel(0, temperature), less its mean
+
+        Gumbel noise because the difference of two such draws is logistic: the order of two
+        scores, with a > 0, is then exactly a Bradley-Terry choice at this ``temperature``
+        (McFadden 1974), so scores and comparisons carry the same noise and differ only in
+        what the scale adds (rounding, offsets, drift; ``preferences.score_session``)."""
         u = self.world.gold(prompt, text, self.criteria)
-        return scale * (u + self._rng.gauss(0.0, self.temperature)) + offset
+        gumbel = -math.log(-math.log(self._rng.random() or 1e-300)) - EULER_GAMMA
+        return scale * (u + self.temperature * gumbel) + offset

@@ -1,5 +1,7 @@
 """The label store: durable, append-only, strict about malformed files, one writer at a time;
-the TRL export; the simulated fill; position bias read back from the recorded sides."""
+the TRL export; the simulated fill; position bias read back from the recorded sides; what scores
+lose against comparisons (a drifting rater, a crowd that scores a few items each)."""
+import collections
 import json
 import logging
 import os
@@ -16,7 +18,9 @@ from rlhf_lite import SimulatedLabeler
 from rlhf_lite.models import build_tokenizer, make_base_model
 from rlhf_lite.label_store import (LabelStore, LabelStoreError, LabelStoreLockedError, LabelStoreWarning,
                                    fill_unlabeled, left_choice_rate, shown_sides)
-from rlhf_lite.preferences import Comparison, draw_pairs, pair_key, read_trl_jsonl, write_trl_jsonl
+from rlhf_lite.preferences import (Comparison, crowd_scores, draw_pairs, gold_agreement,
+                                   normalise_per_rater, pair_key, preferences_from_scores,
+                                   read_trl_jsonl, score_session, write_trl_jsonl)
 
 
 def world_pairs(world, n, seed=0):
@@ -296,3 +300,73 @@ def test_draw_pairs_gives_distinct_pairs(world):
     assert all(a != b for _, a, b in pairs)
     train, _ = world.split_prompts()
     assert {p for p, _, _ in pairs} <= set(train)
+
+
+# --- scores against comparisons ----------------------------------------------------------------
+
+def test_the_order_of_two_scores_is_a_bradley_terry_choice(world):
+    prompt = "Question: What is the capital of France? Answer:"
+    for a, b, temperature in [("Paris.", "The capital of France is Paris.", 1.0),
+                              ("Ugh, paris. Obviously.", "Paris.", 2.0)]:
+        rater = SimulatedLabeler(world, temperature=temperature, seed=4)
+        wins = sum(rater.score(prompt, a, 0.7, 3.0) > rater.score(prompt, b, 0.7, 3.0)
+                   for _ in range(4000)) / 4000
+        assert abs(wins - rater.prob_left(prompt, a, b)) < 0.025, (a, b, wins)
+
+
+def test_score_session_rounds_clips_drifts_and_shuffles(world):
+    prompt = "Question: What is the capital of France? Answer:"
+    items = [(prompt, "The capital of France is Paris.")] * 400
+    steady = score_session(SimulatedLabeler(world, seed=5), items, 1.0, 5.0)
+    drifting = score_session(SimulatedLabeler(world, seed=5), items, 1.0, 5.0, drift=-4.0)
+    assert all(isinstance(s, int) and 1 <= s <= 10 for s in steady + drifting)
+    assert sum(steady) / 400 > 9                       # u = 5 on offset 5: mostly clipped at 10
+    first, last = sum(drifting[:100]) / 100, sum(drifting[-100:]) / 100
+    assert 2.5 < first - last < 3.5                    # the offset fell by 4 * (0.875 - 0.125) = 3
+    shuffled = score_session(SimulatedLabeler(world, seed=5), items, 1.0, 5.0, -4.0, order_seed=1)
+    assert abs(sum(shuffled[:100]) - sum(shuffled[-100:])) / 100 < 1   # drift spread over both
+    assert preferences_from_scores([3, 5, 5, 3, 4, 4]) == ["B", "A", None]
+    with pytest.raises(ValueError, match="two scores a pair"):
+        preferences_from_scores([1, 2, 3])
+
+
+def test_gold_agreement_counts_a_tie_as_a_coin_flip(world):
+    prompt = "Question: What is the capital of France? Answer:"
+    pairs = [(prompt, "Paris.", "Rome."), (prompt, "Rome.", "Paris."), (prompt, "Paris.", "Paris!")]
+    agreement = gold_agreement(world, pairs, ["A", None, "B"])   # the last pair ties in gold
+    assert (agreement.value, agreement.n) == (0.75, 2)
+    assert agreement.low < 0.75 < agreement.high
+
+
+def test_drift_costs_scores_what_it_never_costs_comparisons(world):
+    pairs = world_pairs(world, 600, seed=6)
+    items = [(p, t) for p, a, b in pairs for t in (a, b)]
+    agreement = {}
+    for drift in (0.0, -4.0):     # each answer scored on its own, at a random moment
+        rater = SimulatedLabeler(world, seed=7)
+        scores = score_session(rater, items, 0.6, 6.5, drift, order_seed=6)
+        agreement[drift] = gold_agreement(world, pairs, preferences_from_scores(scores)).value
+    choices = [SimulatedLabeler(world, seed=7).choose(*pair) for pair in pairs]
+    agreement["choices"] = gold_agreement(world, pairs, choices).value
+    assert agreement[0.0] < agreement["choices"] + 0.02, agreement   # rounding ties cost a little
+    assert agreement[-4.0] < agreement[0.0] - 0.03, agreement
+
+
+def test_a_crowd_that_scores_a_few_items_each_cannot_be_normalised(world):
+    items = [(p, a) for p, a, _ in world_pairs(world, 10)]
+    scores, raters = crowd_scores(world, items, items_per_rater=4)
+    assert len(scores) == 10 and sorted(collections.Counter(raters).values()) == [2, 4, 4]
+    z = normalise_per_rater([1, 3, 5, 8, 8, 4], ["a", "a", "a", "b", "b", "c"])
+    assert z == pytest.approx([-1.2247, 0, 1.2247, 0, 0, 0], abs=1e-4)
+
+    pairs = world_pairs(world, 600, seed=8)
+    items = [(p, t) for p, a, b in pairs for t in (a, b)]
+    result = {}
+    for k in (4, 100):
+        scores, raters = crowd_scores(world, items, items_per_rater=k, seed=9)
+        result[k] = [gold_agreement(world, pairs, preferences_from_scores(s)).value
+                     for s in (scores, normalise_per_rater(scores, raters))]   # raw, normalised
+    labeler = SimulatedLabeler(world, seed=9)
+    choices = gold_agreement(world, pairs, [labeler.choose(*p) for p in pairs]).value
+    assert result[4][1] < result[4][0] < choices - 0.03, (result, choices)  # 4 items: worse
+    assert result[100][1] > result[100][0], result                         # 100 items: it helps
