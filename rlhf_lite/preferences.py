@@ -57,7 +57,8 @@ def sample_pairs(model, tokenizer, prompts, completions_per_prompt: int = 4,
     texts = generate(model, tokenizer, batch, max_new_tokens, temperature, seed=seed).texts
     pairs = []
     for i, prompt in enumerate(prompts):
-        distinct = list(dict.fromkeys(texts[i * completions_per_prompt:(i + 1) * completions_per_prompt]))
+        distinct = list(dict.fromkeys(
+            texts[i * completions_per_prompt:(i + 1) * completions_per_prompt]))
         candidates = list(itertools.combinations(distinct, 2))
         rng.shuffle(candidates)
         pairs += [(prompt, a, b) for a, b in candidates[:pairs_per_prompt]]
@@ -75,7 +76,8 @@ def simulate_comparisons(labeler, pairs) -> list[Comparison]:
 
 
 def draw_pairs(world, model, tokenizer, n_pairs: int = 1000, prompts=None,
-               temperature: float = 1.0, seed: int = 0, distinct: bool = True) -> list[tuple[str, str, str]]:
+               temperature: float = 1.0, seed: int = 0,
+               distinct: bool = True) -> list[tuple[str, str, str]]:
     """``n_pairs`` (prompt, completion_1, completion_2) pairs of the model's own samples on
     ``prompts`` (default: the world's training prompts), drawn with ``sample_pairs`` round after
     round. ``distinct``: never the same two completions of the same prompt twice (a label store
@@ -85,7 +87,8 @@ def draw_pairs(world, model, tokenizer, n_pairs: int = 1000, prompts=None,
     pairs, seen = [], set()
     round_, idle_rounds = 0, 0
     while len(pairs) < n_pairs:
-        chosen_prompts = [rng.choice(prompts) for _ in range(max(1, (n_pairs - len(pairs)) // 2 + 8))]
+        chosen_prompts = [rng.choice(prompts)
+                          for _ in range(max(1, (n_pairs - len(pairs)) // 2 + 8))]
         new = sample_pairs(model, tokenizer, chosen_prompts, temperature=temperature,
                            max_new_tokens=world.max_new_tokens, seed=seed + round_)
         if distinct:
@@ -94,13 +97,15 @@ def draw_pairs(world, model, tokenizer, n_pairs: int = 1000, prompts=None,
         round_ += 1
         idle_rounds = 0 if new else idle_rounds + 1
         if idle_rounds == 20:
-            raise RuntimeError(f"only {len(pairs)} of {n_pairs} pairs after {round_} rounds: the model "
-                               "writes too few distinct completions; raise the temperature or ask for fewer pairs")
+            raise RuntimeError(f"only {len(pairs)} of {n_pairs} pairs after {round_} rounds: "
+                               "the model writes too few distinct completions; "
+                               "raise the temperature or ask for fewer pairs")
     return pairs[:n_pairs]
 
 
 def make_preference_dataset(world, model, tokenizer, labeler, n_pairs: int = 1000,
-                            prompts=None, temperature: float = 1.0, seed: int = 0) -> list[Comparison]:
+                            prompts=None, temperature: float = 1.0,
+                            seed: int = 0) -> list[Comparison]:
     """``n_pairs`` comparisons of the model's own samples on ``prompts`` (default: the world's
     training prompts), labelled by a simulated ``labeler``: stage 1 without a human."""
     pairs = draw_pairs(world, model, tokenizer, n_pairs, prompts, temperature, seed, distinct=False)

@@ -16,8 +16,9 @@ import pytest
 
 from rlhf_lite import SimulatedLabeler
 from rlhf_lite.models import build_tokenizer, make_base_model
-from rlhf_lite.label_store import (LabelStore, LabelStoreError, LabelStoreLockedError, LabelStoreWarning,
-                                   fill_unlabeled, left_choice_rate, shown_sides)
+from rlhf_lite.label_store import (LabelStore, LabelStoreError, LabelStoreLockedError,
+                                   LabelStoreWarning, fill_unlabeled, left_choice_rate,
+                                   shown_sides)
 from rlhf_lite.preferences import (Comparison, crowd_scores, draw_pairs, gold_agreement,
                                    normalise_per_rater, pair_key, preferences_from_scores,
                                    read_trl_jsonl, score_session, write_trl_jsonl)
@@ -51,7 +52,8 @@ store = LabelStore(sys.argv[1])
 i = 0
 while True:
     time.sleep(random.uniform(0.002, 0.01))   # a labeler thinks between clicks
-    event = store.label(f"prompt {i}", "left answer " * (i % 97), "right " * (i % 89), "AB"[i % 2], "child")
+    event = store.label(f"prompt {i}", "left answer " * (i % 97), "right " * (i % 89),
+                        "AB"[i % 2], "child")
     print(event["id"], flush=True)   # acknowledged: the store has returned
     i += 1
 """
@@ -133,7 +135,8 @@ GOOD = {"id": 1, "event": "label", "time": "t", "labeler": "you", "prompt": "p",
     ('{"id": 2, "event": "label", "prompt": ', "not valid JSON"),
     ('[1, 2]', "a label event is a JSON object"),
     (json.dumps(dict(GOOD, id=2, event="vote")), "unknown event 'vote'"),
-    (json.dumps({k: v for k, v in dict(GOOD, id=2).items() if k != "prompt"}), "this label event lacks prompt"),
+    (json.dumps({k: v for k, v in dict(GOOD, id=2).items() if k != "prompt"}),
+     "this label event lacks prompt"),
     (json.dumps(dict(GOOD, id=2, left=3)), "left must be str"),
     (json.dumps(dict(GOOD, id=2, choice="C")), "choice 'C' is none of"),
     (json.dumps(dict(GOOD, id=1)), "id 1 does not follow id 1"),
@@ -146,7 +149,8 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, message, last):
     path = tmp_path / "labels.jsonl"
     line = line if isinstance(line, bytes) else line.encode()
     good_after = json.dumps(dict(GOOD, id=9)).encode()
-    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + line + b"\n" + (b"" if last else good_after + b"\n"))
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + line + b"\n"
+                     + (b"" if last else good_after + b"\n"))
     before = path.read_bytes()
     with pytest.raises(LabelStoreError, match=f"labels.jsonl:2: {message}"):
         LabelStore(path)
@@ -171,7 +175,7 @@ def test_the_lock_refuses_a_second_writer_until_the_first_dies(tmp_path):
     try:
         assert child.stdout.readline().strip() == "locked"
         store = LabelStore(path)
-        assert [c.prompt for c in store.comparisons()] == ["from the child"]  # reading needs no lock
+        assert [c.prompt for c in store.comparisons()] == ["from the child"]  # reads need no lock
         with pytest.raises(LabelStoreLockedError, match=f"process {child.pid}"):
             store.label("second writer", "a", "b", "A")
         assert len(LabelStore(path).events) == 1
@@ -207,10 +211,12 @@ def test_resume_undo_and_sides_after_reloading(tmp_path):
         assert store.undo()["prompt"] == "p3"
         store.label("p4", "left4", "right4", "both_bad")
     store = LabelStore(path)
-    assert [e["event"] for e in store.events] == ["label", "label", "skip", "label", "undo", "label"]
+    assert ([e["event"] for e in store.events]
+            == ["label", "label", "skip", "label", "undo", "label"])
     assert store.comparisons() == [Comparison("p0", "left0", "right0", labeler="you"),
                                    Comparison("p1", "right1", "left1", labeler="you"),
-                                   Comparison("p4", "left4", "right4", both_bad=True, labeler="you")]
+                                   Comparison("p4", "left4", "right4", both_bad=True,
+                                              labeler="you")]
     assert store.events[0]["swapped"] is True and store.events[0]["left"] == "left0"
     assert store.done("you") == {pair_key((f"p{i}", f"left{i}", f"right{i}")) for i in (0, 1, 2, 4)}
     assert store.undo("you")["prompt"] == "p4"
@@ -248,7 +254,8 @@ def test_trl_round_trip(tmp_path):
 
 def test_trl_reader_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n')
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+                    '{"prompt": "p", "chosen": "a"}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: lacks rejected"):
         read_trl_jsonl(path)
     path.write_text('{"prompt": "p"\n')
@@ -266,12 +273,15 @@ def test_fill_labels_only_what_nobody_labeled_and_says_who(tmp_path, world, caps
     labeler = SimulatedLabeler(world, "helpful", temperature=0.05, seed=1)
     counts = fill_unlabeled(store, pairs, labeler)
     assert counts == {"you": 5, "sim-helpful": 35}
-    assert "40 of 40 pairs labeled: 35 by sim-helpful, 5 by you (35 filled just now)" in capsys.readouterr().out
+    assert ("40 of 40 pairs labeled: 35 by sim-helpful, 5 by you (35 filled just now)"
+            in capsys.readouterr().out)
     filled = [e for e in store.events if e.get("simulated")]
     for e in filled:   # recorded on the widget's sides, chosen as a careful labeler would
-        pair = next(p for p in pairs if pair_key(p) == pair_key((e["prompt"], e["left"], e["right"])))
+        pair = next(p for p in pairs
+                    if pair_key(p) == pair_key((e["prompt"], e["left"], e["right"])))
         assert (e["left"], e["right"], e["swapped"]) == shown_sides(pair)
-        gold_left, gold_right = world.gold(e["prompt"], e["left"]), world.gold(e["prompt"], e["right"])
+        gold_left, gold_right = (world.gold(e["prompt"], e["left"]),
+                                 world.gold(e["prompt"], e["right"]))
         if abs(gold_left - gold_right) > 1:
             assert e["choice"] == ("A" if gold_left > gold_right else "B")
     assert fill_unlabeled(store, pairs, labeler, verbose=False) == counts
@@ -283,7 +293,8 @@ def test_position_bias_is_measurable_from_the_recorded_sides(tmp_path, world):
     rates = {}
     for bias in (0.0, 1.0):
         store = LabelStore(tmp_path / f"bias{bias}.jsonl")
-        fill_unlabeled(store, pairs, SimulatedLabeler(world, temperature=2.0, position_bias=bias, seed=2),
+        fill_unlabeled(store, pairs,
+                       SimulatedLabeler(world, temperature=2.0, position_bias=bias, seed=2),
                        verbose=False)
         rates[bias] = left_choice_rate(store.current_labels())
     swapped = [e["swapped"] for e in store.events]
