@@ -179,7 +179,9 @@ def test_best_of_n_over_optimises_weak_reward_models_gold_peaks_before_the_proxy
     assert 0 < peak < len(ns) - 1, gold                                         # gold rises, then falls
     assert gold[-1] < gold[peak] - 0.15, gold
     fit = fit_gao(curves[0]["d"], [g - gold[0] for g in gold], "bon")
-    assert fit.beta > 0 and fit.peak_d < curves[0]["d"][-1], fit
+    # the fitted form turns too; where it puts its peak is not asserted: a parabola fitted to a
+    # curve that bends sharply can put it past the largest d measured (lesson 4 shows this)
+    assert fit.beta > 0 and math.isfinite(fit.peak_d), fit
 
 
 def test_compare_methods_on_gold(world, base):
