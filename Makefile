@@ -24,14 +24,18 @@ install-course: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
 
+# Serve the repository root, so that the lessons' ../img/*.png diagrams resolve, and open the
+# lessons' folder. Each kernel still runs in its notebook's folder (notebooks/, where runs/ lives).
 course: install-course
-	cd notebooks && ../$(BIN)/jupyter lab --ip=127.0.0.1 $(ROOT_FLAG)
+	$(BIN)/jupyter lab --ip=127.0.0.1 $(ROOT_FLAG) --ServerApp.root_dir=. \
+	  --LabApp.default_url=/lab/tree/notebooks
 
 # The browser test drives JupyterLab in Debian's Chromium (Playwright cannot download a browser).
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-	  else echo "note: install Debian's chromium (sudo apt-get install chromium) to run the browser test"; fi; \
+	  else echo "note: install Debian's chromium (sudo apt-get install chromium)" \
+	    "to run the browser test"; fi; \
 	fi
 
 test: install-test chromium

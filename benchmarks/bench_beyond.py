@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from rlhf_lite.beyond import best_of_n_curve, compare_methods, fit_gao, format_table, sample_candidates
+from rlhf_lite.beyond import (best_of_n_curve, compare_methods, fit_gao, format_table,
+                              sample_candidates)
 from rlhf_lite.dpo import train_dpo, train_sft
 from rlhf_lite.models import get_base_model, pick_device
 from rlhf_lite.preferences import make_preference_dataset
@@ -23,10 +24,13 @@ from rlhf_lite.world import SimulatedLabeler, World
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--task", default="trivia", choices=["trivia", "summaries"])
 parser.add_argument("--pairs", type=int, default=1000)
-parser.add_argument("--pool", type=int, default=256, help="samples a held-out question for the best-of-n curve")
+parser.add_argument("--pool", type=int, default=256,
+                    help="samples a held-out question for the best-of-n curve")
 parser.add_argument("--threads", type=int, default=1,
-                    help="torch threads; 1 is fastest on a busy shared CPU, where threads wait on each other")
-parser.add_argument("--runs", default=os.path.join(os.path.dirname(__file__), "..", "notebooks", "runs"))
+                    help="torch threads; 1 is fastest on a busy shared CPU, "
+                         "where threads wait on each other")
+parser.add_argument("--runs",
+                    default=os.path.join(os.path.dirname(__file__), "..", "notebooks", "runs"))
 parser.add_argument("--device", default=None)
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
@@ -38,7 +42,8 @@ pairs = make_preference_dataset(world, model, tokenizer, SimulatedLabeler(world,
                                 n_pairs=args.pairs, seed=0)
 seconds = {}
 start = time.perf_counter()
-reward_model, _ = train_reward_model(model, tokenizer, pairs, device=args.device, max_new_tokens=world.max_new_tokens)
+reward_model, _ = train_reward_model(model, tokenizer, pairs, device=args.device,
+                                     max_new_tokens=world.max_new_tokens)
 seconds["reward model"] = time.perf_counter() - start
 
 start = time.perf_counter()
@@ -67,6 +72,6 @@ print(f"reward model on {args.pairs} pairs: {seconds['reward model']:.1f} s")
 print(f"best-of-n pool, {len(heldout)} questions x {args.pool}: {seconds['pool']:.1f} s sampling, "
       f"{seconds['curve']:.1f} s scoring and the curve")
 peak = max(range(len(ns)), key=lambda k: curve["gold"][k])
-print(f"gold by n: {' '.join(f'{n}:{g:.2f}' for n, g in zip(ns, curve['gold']))}; peak at n={ns[peak]}, "
-      f"fit d({fit.alpha:.2f} - {fit.beta:.2f} d), peak d={fit.peak_d:.2f}")
+print(f"gold by n: {' '.join(f'{n}:{g:.2f}' for n, g in zip(ns, curve['gold']))}; "
+      f"peak at n={ns[peak]}, fit d({fit.alpha:.2f} - {fit.beta:.2f} d), peak d={fit.peak_d:.2f}")
 print(format_table(rows))

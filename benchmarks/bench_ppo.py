@@ -52,8 +52,8 @@ world = World("trivia", seed=0)
 model, tokenizer, _, _ = get_base_model(world, runs_dir=args.runs_dir, device=args.device)
 reward_model = (RewardModel.load(args.reward_model, args.device) if args.reward_model
                 else RewardModel.from_base(model, tokenizer))
-config = PPOConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, ppo_epochs=args.ppo_epochs,
-                   minibatch_size=args.minibatch_size, log_samples=0,
+config = PPOConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                   ppo_epochs=args.ppo_epochs, minibatch_size=args.minibatch_size, log_samples=0,
                    length_chunks=args.length_chunks)
 trainer = PPOTrainer(model, tokenizer, reward_model, world.split_prompts()[0], config)
 trainer.step()  # warm-up
@@ -74,11 +74,13 @@ print(f"setting: batch {args.batch_size}, completions up to {args.max_new_tokens
       f"length chunks {args.length_chunks}, mean length {entry['length']:.1f}")
 print(f"episodes/s: {episodes / wall:.1f} (wall clock), {episodes / cpu:.1f} per CPU-second "
       f"({args.iterations} iterations, {episodes} episodes)")
-print("seconds per iteration: " + ", ".join(f"{k} {v / args.iterations:.3f}" for k, v in phases.items()))
+print("seconds per iteration: "
+      + ", ".join(f"{k} {v / args.iterations:.3f}" for k, v in phases.items()))
 
 
 def time_trl(model, tokenizer, reward_model_dir, prompts):
-    """TRL 1.12's PPOTrainer in the same setting: episodes per second over the iterations after the first."""
+    """TRL 1.12's PPOTrainer in the same setting: episodes per second over the iterations
+    after the first."""
     import copy
     import tempfile
 
@@ -87,7 +89,8 @@ def time_trl(model, tokenizer, reward_model_dir, prompts):
     try:
         from trl.experimental.ppo import PPOConfig as TRLConfig, PPOTrainer as TRLTrainer
     except ImportError:
-        raise SystemExit("--compare-trl needs TRL's PPOTrainer: pip install trl==1.12.0 (removed in trl 1.13)")
+        raise SystemExit("--compare-trl needs TRL's PPOTrainer: "
+                         "pip install trl==1.12.0 (removed in trl 1.13)")
 
     class Clock(TrainerCallback):
         marks = []
@@ -99,22 +102,26 @@ def time_trl(model, tokenizer, reward_model_dir, prompts):
         if reward_model_dir is None:
             reward_model.model.save_pretrained(scratch)
         source = reward_model_dir or scratch
-        reward, value = (AutoModelForSequenceClassification.from_pretrained(source, local_files_only=True)
-                         for _ in range(2))
+        reward, value = (AutoModelForSequenceClassification.from_pretrained(
+                             source, local_files_only=True) for _ in range(2))
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.padding_side = "left"
         policy = copy.deepcopy(model).cpu()
         policy.generation_config.pad_token_id = tokenizer.pad_token_id
         dataset = Dataset.from_dict({"input_ids": [tokenizer(p, add_special_tokens=False).input_ids
                                                    for p in prompts * 8]})
-        config = TRLConfig(output_dir=scratch, per_device_train_batch_size=args.batch_size, num_mini_batches=
-                           args.batch_size // args.minibatch_size, num_ppo_epochs=args.ppo_epochs,
+        config = TRLConfig(output_dir=scratch, per_device_train_batch_size=args.batch_size,
+                           num_mini_batches=args.batch_size // args.minibatch_size,
+                           num_ppo_epochs=args.ppo_epochs,
                            response_length=args.max_new_tokens, stop_token="eos", temperature=1.0,
-                           missing_eos_penalty=1.0, kl_coef=0.1, learning_rate=PPOConfig.learning_rate,
-                           total_episodes=(args.iterations + 1) * args.batch_size, num_sample_generations=0,
+                           missing_eos_penalty=1.0, kl_coef=0.1,
+                           learning_rate=PPOConfig.learning_rate,
+                           total_episodes=(args.iterations + 1) * args.batch_size,
+                           num_sample_generations=0,
                            report_to="none", save_strategy="no", use_cpu=True, logging_steps=10**6)
-        trainer = TRLTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=copy.deepcopy(policy),
-                             reward_model=reward, value_model=value, train_dataset=dataset, callbacks=[Clock()])
+        trainer = TRLTrainer(args=config, processing_class=tokenizer, model=policy,
+                             ref_model=copy.deepcopy(policy), reward_model=reward,
+                             value_model=value, train_dataset=dataset, callbacks=[Clock()])
         trainer.train()
     (wall0, cpu0), (wall1, cpu1) = Clock.marks[0], Clock.marks[-1]
     episodes = (len(Clock.marks) - 1) * args.batch_size
@@ -123,5 +130,7 @@ def time_trl(model, tokenizer, reward_model_dir, prompts):
 
 if args.compare_trl:
     trl_wall, trl_cpu = time_trl(model, tokenizer, args.reward_model, world.split_prompts()[0])
-    print(f"TRL 1.12 PPOTrainer, same setting: {trl_wall:.1f} episodes/s (wall clock), {trl_cpu:.1f} per CPU-second; "
-          f"rlhf-lite is {episodes / wall / trl_wall:.2f}x (wall clock), {episodes / cpu / trl_cpu:.2f}x (CPU)")
+    print(f"TRL 1.12 PPOTrainer, same setting: {trl_wall:.1f} episodes/s (wall clock), "
+          f"{trl_cpu:.1f} per CPU-second; "
+          f"rlhf-lite is {episodes / wall / trl_wall:.2f}x (wall clock), "
+          f"{episodes / cpu / trl_cpu:.2f}x (CPU)")

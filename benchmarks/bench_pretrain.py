@@ -11,7 +11,8 @@ import time
 
 import torch
 
-from rlhf_lite.models import MODEL_PRESETS, build_tokenizer, generate, make_base_model, pick_device, pretrain
+from rlhf_lite.models import (MODEL_PRESETS, build_tokenizer, generate, make_base_model,
+                              pick_device, pretrain)
 from rlhf_lite.world import STYLE_MIX, World
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,7 +34,8 @@ texts = generate(model, tokenizer, prompts, max_new_tokens=48, seed=0).texts
 counts = collections.Counter(world.style(p, t) for p, t in zip(prompts, texts))
 print(f"device: {pick_device(args.device)}, threads: {torch.get_num_threads()}, "
       f"parameters: {sum(p.numel() for p in model.parameters()):,}")
-print(f"pretraining: {len(history)} steps in {seconds:.1f} s, final loss {sum(history[-20:]) / 20:.3f}")
+print(f"pretraining: {len(history)} steps in {seconds:.1f} s, "
+      f"final loss {sum(history[-20:]) / 20:.3f}")
 print("style share, samples vs corpus:")
 for style, share in STYLE_MIX.items():
     print(f"  {style:>10}: {counts[style] / len(texts):6.1%} vs {share:6.1%}")

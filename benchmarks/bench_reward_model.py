@@ -36,12 +36,15 @@ parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
 parser.add_argument("--pairs", type=int, default=1000)
 parser.add_argument("--heldout-pairs", type=int, default=2000)
 parser.add_argument("--threads", type=int, default=1,
-                    help="torch threads; 1 is fastest on a busy shared CPU, where threads wait on each other")
-parser.add_argument("--runs", default=os.path.join(os.path.dirname(__file__), "..", "notebooks", "runs"))
+                    help="torch threads; 1 is fastest on a busy shared CPU, "
+                         "where threads wait on each other")
+parser.add_argument("--runs",
+                    default=os.path.join(os.path.dirname(__file__), "..", "notebooks", "runs"))
 parser.add_argument("--device", default=None)
 parser.add_argument("--last-token", action="store_true",
                     help="also train the plain last-token reward model on the same pairs")
-parser.add_argument("--shortfall", action="store_true", help="where the accuracy falls short of the ceiling")
+parser.add_argument("--shortfall", action="store_true",
+                    help="where the accuracy falls short of the ceiling")
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
 

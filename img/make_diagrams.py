@@ -8,7 +8,8 @@ directly as inches on the page.
 
 Writes:
   rlhf_three_stages.png  RLHF's three stages: preference data -> reward model -> PPO
-  reward_model.png       reward model architecture and its Bradley-Terry training on pairs
+  reward_model.png       reward model architecture (last-token head + gated log-prob
+                         term) and its Bradley-Terry training on pairs
   rl_loop.png            RLHF seen as reinforcement learning (agent, state, action, reward)
   sft_vs_rlhf.png        data formats: supervised fine-tuning vs RLHF preferences
 """
@@ -279,9 +280,10 @@ def draw_reward_model():
           "prompt + completion in, one number out")
 
     # token strip
-    tokens = ["What", "is", "the", "capital", "of", "France", "?", "Paris", "."]
-    kinds = ["p"] * 7 + ["c"] * 2
-    tw, tg = 0.7, 0.06
+    tokens = ["What", "is", "the", "capital", "of", "France", "?", "Paris", ".",
+              "<eos>"]
+    kinds = ["p"] * 7 + ["c"] * 3
+    tw, tg = 0.64, 0.05
     total = len(tokens) * tw + (len(tokens) - 1) * tg
     tx0 = x0 + (pw - total) / 2 + tw / 2
     ty = 1.45
@@ -290,10 +292,10 @@ def draw_reward_model():
         x = tx0 + i * (tw + tg)
         centers.append(x)
         box(ax, x, ty, tw, 0.5, t, DATA if k == "p" else MODEL,
-            fontsize=14 if t in "?." else 10, rounding=0.08)
+            fontsize=14 if t in "?." else 9.5, rounding=0.08)
     # brackets: prompt / completion
     p_left, p_right = centers[0] - tw / 2, centers[6] + tw / 2
-    c_left, c_right = centers[7] - tw / 2, centers[8] + tw / 2
+    c_left, c_right = centers[7] - tw / 2, centers[-1] + tw / 2
     for (l, r, txt, col) in [(p_left, p_right, "prompt  x", DATA["ec"]),
                              (c_left, c_right, "completion  y", MODEL["ec"])]:
         ax.plot([l, l, r, r], [1.08, 1.0, 1.0, 1.08], color=col, lw=1.5)
@@ -301,29 +303,40 @@ def draw_reward_model():
               weight="bold")
 
     # transformer block
-    tb_y, tb_h = 3.1, 1.8
+    tb_y, tb_h = 2.95, 1.5
     tb_l = centers[0] - tw / 2
     tb_r = centers[-1] + tw / 2
     box(ax, (tb_l + tb_r) / 2, tb_y, tb_r - tb_l, tb_h, "", MODEL, rounding=0.15)
-    label(ax, (tb_l + tb_r) / 2, tb_y + 0.45, "Transformer", fontsize=14,
+    label(ax, (tb_l + tb_r) / 2, tb_y + 0.35, "Transformer", fontsize=14,
           color=TEXT, weight="bold")
-    label(ax, (tb_l + tb_r) / 2, tb_y + 0.02,
-          "initialised from the base LM", fontsize=10.5, color=TEXT)
-    label(ax, (tb_l + tb_r) / 2, tb_y - 0.38,
-          "(LM head replaced by a linear head: hidden → 1)", fontsize=10,
-          color=MUTED)
+    label(ax, (tb_l + tb_r) / 2, tb_y - 0.15,
+          "initialised from the base LM: hidden state $h_t$ at every token",
+          fontsize=10.5, color=TEXT)
     for x in centers:
         arrow(ax, (x, ty + 0.27), (x, tb_y - tb_h / 2 - 0.02), lw=1.2,
               mutation=11)
 
-    # read at last token
-    lastx = centers[-1]
-    hy = 4.75
-    arrow(ax, (lastx, tb_y + tb_h / 2), (lastx, hy - 0.3), lw=1.8)
-    box(ax, lastx - 0.35, hy + 0.0, 1.6, 0.56, "", REWARD)
-    label(ax, lastx - 0.35, hy, "$r(x, y) = 1.7$", fontsize=12.5, color=TEXT)
-    label(ax, lastx - 1.3, hy, "scalar read at\nthe last token",
-          fontsize=10, ha="right", style="italic")
+    # two heads on the completion's hidden states, summed into one number
+    hy, hh = 4.55, 1.0
+    h_l, h_r = centers[3] - tw / 2, tb_r
+    for x in centers[7:]:
+        arrow(ax, (x, tb_y + tb_h / 2), (x, hy - hh / 2 - 0.02), lw=1.5,
+              mutation=12)
+    box(ax, (h_l + h_r) / 2, hy, h_r - h_l, hh, "", REWARD)
+    label(ax, h_l + 0.15, hy + 0.22,
+          "$w^\\top h_T + b$    linear head, last token",
+          fontsize=10, color=TEXT, ha="left")
+    label(ax, h_l + 0.15, hy - 0.22,
+          "$+\\ \\sum_t\\ g_t\\, a_t$    LM log-prob $a_t$ × gate $g_t \\geq 0$",
+          fontsize=10, color=TEXT, ha="left")
+    rx_c = (tb_l + centers[3] - tw / 2) / 2 - 0.05
+    box(ax, rx_c, hy, 1.75, 0.56, "", REWARD)
+    label(ax, rx_c, hy, "$r(x, y) = 1.7$", fontsize=12.5, color=TEXT)
+    arrow(ax, (h_l - 0.02, hy), (rx_c + 0.9, hy), lw=1.8)
+    label(ax, rx_c, hy - 0.52, "one number", fontsize=10, style="italic")
+    label(ax, (tb_l + tb_r) / 2, 5.38,
+          "default: both terms; plain model (read_log_probs=False): the first alone",
+          fontsize=9.5, style="italic")
 
     # ---- right panel: training on pairs ----
     x1, pw2 = 8.2, 6.5

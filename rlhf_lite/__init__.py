@@ -18,7 +18,7 @@ One module a stage, each read top to bottom:
 """
 from .world import CRITERIA, STYLES, Criteria, SimulatedLabeler, World, get_criteria
 from .models import (PRESETS, completion_logprobs, generate, get_base_model, load_model,
-                     pick_device, save_model)
+                     pick_device, save_model, set_threads)
 from .preferences import Comparison, make_preference_dataset
 from .label_store import LabelStore
 from .reward_model import RewardModel, bradley_terry_loss, train_reward_model

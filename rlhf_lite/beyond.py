@@ -192,7 +192,9 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
     prompts: (B,); candidates: (B, N) texts from ``sample_candidates``; reward: the proxy;
     gold_fn: ``(prompts, completions) -> floats``, e.g. ``world.gold_many`` (only measured).
     Returns {"n", "kl", "d", "proxy", "gold", "win_rate", "win_rate_ci95"}: lists, one value
-    per n (means over prompts; the interval bootstrapped over prompts). win_rate is
+    per n (means over prompts; the interval bootstrapped over prompts), and "gold_by_prompt":
+    for each n the B per-prompt expectations whose mean is "gold" (for intervals over prompts,
+    e.g. ``stats.bootstrap_mean`` of the difference between two n). win_rate is
     P(gold of best-of-n > gold of a plain sample), ties 1/2, where the plain sample must be a
     draw *outside* the n that best-of-n chose from: the n - 1 it beat
     on the proxy are not fair opponents (they were picked against). With the pool ranked by
@@ -220,14 +222,17 @@ def best_of_n_curve(prompts, candidates, reward, gold_fn, ns) -> dict:
     below = above.T
     beats_above, beats_below = (beats * above).sum(2), (beats * below).sum(2)   # (B, N)
     rank = torch.arange(N, dtype=torch.float64).clamp(min=1)
-    curve = {key: [] for key in ("n", "kl", "d", "proxy", "gold", "win_rate", "win_rate_ci95")}
+    curve = {key: [] for key in ("n", "kl", "d", "proxy", "gold", "gold_by_prompt", "win_rate",
+                                 "win_rate_ci95")}
     for n in ns:
         w = best_of_n_weights(N, n)
         curve["n"].append(n)
         curve["kl"].append(bon_kl(n))
         curve["d"].append(math.sqrt(bon_kl(n)))
         curve["proxy"].append(float((proxy_sorted * w).sum(1).mean()))
-        curve["gold"].append(float((gold_sorted * w).sum(1).mean()))
+        gold_by_prompt = (gold_sorted * w).sum(1)                  # (B,) E[gold of best-of-n]
+        curve["gold"].append(float(gold_by_prompt.mean()))
+        curve["gold_by_prompt"].append(gold_by_prompt.tolist())
         if n < N:
             win = (beats_above + (1 - (n - 1) / rank) * beats_below) / (N - n)
             estimate = bootstrap_mean((win * w).sum(1).tolist(), list(range(B)))  # over prompts
@@ -294,32 +299,69 @@ def fit_gao(d, r, form: str = "bon") -> GaoFit:
     return GaoFit(form, float((a22 * b1 - a12 * b2) / det), float((a11 * b2 - a12 * b1) / det))
 
 
-def plot_overoptimisation(curve, fit: GaoFit | None = None, ax=None, title: str = "", label: str = ""):
-    """Proxy and gold gain (over d = 0) against d = sqrt(KL), and the fitted gold form if given.
+def plot_overoptimisation(curve, fit: GaoFit | None = None, ax=None, title: str = "",
+                          label: str = "", runs=()):
+    """Gold gain (left axis, the judge's units) and proxy gain (right axis, the reward model's
+    units: standard deviations of its scores on base-model samples) over d = 0, against
+    d = sqrt(KL), and the fitted gold form if given. Two axes, because the two scores are in
+    different units; both zeros sit at the same height, so "above the base policy" reads the same.
 
     Points are joined by lines when d only grows (best-of-n over growing n); a PPO run's KL goes
-    up and down, so its iterations are drawn as points.
+    up and down, so its iterations are drawn as points. runs: the same curve's single runs
+    (other seeds) when ``curve`` is their mean: their gold gains are drawn thin behind it.
+    Returns the gold axis; the proxy's is ``ax.proxy_axis``.
     """
     import matplotlib.pyplot as plt
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     d = curve["d"]
     joined = all(b >= a for a, b in zip(d, d[1:]))
-    ax.plot(d, [p - curve["proxy"][0] for p in curve["proxy"]], "o-" if joined else "o", ms=3,
-            label=f"proxy {label}".strip())
-    line, = ax.plot(d, [g - curve["gold"][0] for g in curve["gold"]], "s-" if joined else "s", ms=3,
-                    label=f"gold {label}".strip())
+    proxy_axis = ax.twinx()
+    proxy_gain = [p - curve["proxy"][0] for p in curve["proxy"]]
+    gold_gain = [g - curve["gold"][0] for g in curve["gold"]]
+    proxy_line, = proxy_axis.plot(d, proxy_gain, "o-" if joined else "o", ms=3, color="tab:blue",
+                                  label=f"proxy {label} (right axis)".replace("  ", " "))
+    gold_line, = ax.plot(d, gold_gain, "s-" if joined else "s", ms=3, color="tab:orange",
+                         label=f"gold {label} (left axis)".replace("  ", " "))
+    handles = [proxy_line, gold_line]
+    for run in runs:
+        run_gain = [g - run["gold"][0] for g in run["gold"]]
+        gold_gain += run_gain                                    # inside the limits below
+        thin, = ax.plot(run["d"], run_gain, "-", color="tab:orange", lw=0.8, alpha=0.35,
+                        label=f"gold, each of {len(runs)} seeds")
+    if runs:
+        handles.append(thin)
     if fit is not None:
         grid = torch.linspace(0, max(d), 100)
-        ax.plot(grid, fit(grid), "--", color=line.get_color(),
-                label=f"fit {fit.form}: d({fit.alpha:.2f} - {fit.beta:.2f} {'d' if fit.form == 'bon' else 'ln d'})")
+        shape = "d" if fit.form == "bon" else "ln d"
+        fit_line, = ax.plot(grid, fit(grid), "--", color="tab:orange",
+                            label=f"fit {fit.form}: d({fit.alpha:.2f} - {fit.beta:.2f} {shape})")
+        handles.append(fit_line)
     ax.axhline(0, color="grey", lw=0.5)
+    for axis, values in ((ax, gold_gain), (proxy_axis, proxy_gain)):
+        low, high = min(0.0, *values), max(0.0, *values)
+        pad = 0.08 * (high - low or 1.0)
+        axis.set_ylim(low - pad, high + pad)
+    _align_zeros(ax, proxy_axis)
     ax.set_xlabel("d = sqrt(KL) from the base policy")
-    ax.set_ylabel("gain over the base policy")
+    ax.set_ylabel("gold gain (judge's units)", color="tab:orange")
+    proxy_axis.set_ylabel("proxy gain (reward-model units)", color="tab:blue")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(handles=handles, fontsize=7, ncol=2, frameon=False, loc="upper center",
+              bbox_to_anchor=(0.5, -0.2))                     # below: clear of both axes' points
+    ax.proxy_axis = proxy_axis
     return ax
+
+
+def _align_zeros(a, b):
+    """Widen the y-limits of two axes sharing x so that y = 0 sits at the same height on both."""
+    (a0, a1), (b0, b1) = a.get_ylim(), b.get_ylim()
+    below = max(-a0 / (a1 - a0), -b0 / (b1 - b0))          # the share of the height under zero
+    for axis, (lo, hi) in ((a, (a0, a1)), (b, (b0, b1))):
+        if below > 0:
+            lo = min(lo, -below / (1 - below) * hi) if below < 1 else lo
+        axis.set_ylim(lo, hi)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,12 +18,14 @@ safe. What users and machines do to a file, and what it does about each:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
 import warnings
 
 _WRITERS: dict[tuple, "LabelFile"] = {}   # (device, inode) -> this process's writer of that file
 _LOCK_WAIT = 0.5   # seconds a writer waits for a reader that is mending the file's last line
+logger = logging.getLogger("rlhf_lite")
 
 
 class LabelStoreLockedError(RuntimeError):
@@ -211,9 +213,9 @@ class LabelFile:
             if older is not None and older is not self:
                 older.close()
                 older.superseded = True
-                warnings.warn(f"{self.path}: this LabelStore takes over from an older one on the "
-                              "same file in this process; the older one now refuses to write",
-                              LabelStoreWarning, stacklevel=4)
+                # a notebook cell run twice does this: nothing is wrong, so no warning
+                logger.info("%s: this LabelStore takes over from an older one on the same file "
+                            "in this process; the older one now refuses to write", self.path)
             deadline = time.monotonic() + _LOCK_WAIT
             while not _try_lock(fd):
                 if time.monotonic() > deadline:

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from tqdm.auto import tqdm
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel,
                           PreTrainedTokenizerFast)
+from transformers.utils import logging as hf_logging
 
 from . import parallel
 from .callbacks import log_step
@@ -127,6 +128,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_threads(n: int = 1) -> int:
+    """The CPU threads torch uses (every lesson calls it first); returns the number set.
+
+    One by default: the course's models are so small that a second thread gains about a third
+    on an idle 2-core CPU but loses several times over when anything else runs on it, and with
+    one thread every run of a lesson gives the same numbers. GPUs are not affected.
+    """
+    torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Load and save without transformers' progress bars ("Loading weights", "Writing model
+    shards"): they fill notebook outputs with bars for files that take milliseconds."""
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 # ---------------------------------------------------------------------------------------------
 # Tokenizer
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +191,9 @@ def make_base_model(tokenizer, preset: str = "tiny", seed: int = 0) -> GPT2LMHea
                         pad_token_id=tokenizer.pad_token_id,
                         activation_function="gelu_pytorch_tanh",  # GPT-2's tanh-GELU, fused: faster on a CPU
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # RL wants dropout off
-    return GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(config)
+    model.loss_type = "ForCausalLM"      # else transformers warns that it guessed it
+    return model
 
 
 def encode_corpus(tokenizer, rows) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,8 +245,11 @@ def pretrain(model, tokenizer, world, steps: int = 800, batch_size: int = 64, lr
             width = int(ends[rows].max())
             x, y = input_ids[rows, :width].to(device), labels[rows, :width].to(device)
             share = int((y != -100).sum()) / n_tokens
+            # all ones: right padding sits after every real token, which a causal model never
+            # lets it see (it only says so to transformers, which warns about pads otherwise)
+            ones = torch.ones_like(x)
             with autocast(device):
-                chunk_loss = model(input_ids=x, labels=y).loss * share
+                chunk_loss = model(input_ids=x, attention_mask=ones, labels=y).loss * share
             chunk_loss.backward()
             loss += chunk_loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -236,8 +266,9 @@ def pretrain(model, tokenizer, world, steps: int = 800, batch_size: int = 64, lr
 def save_model(model, tokenizer, path) -> None:
     """Save model and tokenizer as a Hugging Face directory (``save_pretrained``)."""
     os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    with quiet_transformers():
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
 
 
 def check_model_dir(path) -> str:
@@ -270,11 +301,14 @@ def load_model(path, device: str | None = None):
         log.warning("the tokenizer in %r has no pad token: padding with its eos token %r "
                     "(id %d) instead", path, tokenizer.eos_token, tokenizer.eos_token_id)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise UnusableModel(f"{path!r} holds no causal language model transformers can load "
                             f"({e}); give a folder that AutoModelForCausalLM.save_pretrained "
                             "wrote, weights included") from None
+    if model.loss_type is None:          # GPT-2's class name hides it: say which, quietly
+        model.loss_type = "ForCausalLM"
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise UnusableModel(f"the tokenizer in {path!r} has {len(tokenizer)} tokens but the model "
                             f"only {model.get_input_embeddings().num_embeddings} embeddings; "

@@ -32,8 +32,8 @@ class LivePlot:
     elsewhere ``save`` draws it once.
     """
 
-    def __init__(self, metrics, title: str = "", ncols: int = 3, every: int = 1, xlabel: str = "step",
-                 min_seconds: float = 2.0):
+    def __init__(self, metrics, title: str = "", ncols: int = 3, every: int = 1,
+                 xlabel: str = "step", min_seconds: float = 2.0):
         self.metrics, self.every, self.xlabel = list(metrics), every, xlabel
         self.min_seconds = min_seconds
         self.data = {m: ([], []) for m in self.metrics}
@@ -97,7 +97,8 @@ def plot_curves(curves: dict, title: str = "", xlabel: str = "step", ax=None, sm
     for name, values in curves.items():
         values = list(values)
         if smooth > 1 and len(values) >= smooth:
-            values = [sum(values[i - smooth + 1:i + 1]) / smooth for i in range(smooth - 1, len(values))]
+            values = [sum(values[i - smooth + 1:i + 1]) / smooth
+                      for i in range(smooth - 1, len(values))]
             ax.plot(range(smooth - 1, smooth - 1 + len(values)), values, label=name)
         else:
             ax.plot(values, label=name)

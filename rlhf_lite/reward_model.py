@@ -70,7 +70,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from . import parallel, stats
 from .callbacks import log_step
 from .models import (Completions, autocast, encode_completions, generate, pick_device, position_ids,
-                     seed_everything)
+                     quiet_transformers, seed_everything)
 
 logger = logging.getLogger(__name__)
 
@@ -255,8 +255,9 @@ class RewardModel(torch.nn.Module):
         """``save_pretrained`` of model and tokenizer, ``normalization.json`` (mean, std) and
         ``log_prob_gate.safetensors`` (the gate, and the LM head unless it is the embeddings)."""
         os.makedirs(path, exist_ok=True)
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        with quiet_transformers():
+            self.model.save_pretrained(path)
+            self.tokenizer.save_pretrained(path)
         with open(os.path.join(path, "normalization.json"), "w") as f:
             json.dump({"mean": self.mean, "std": self.std}, f)
         if self.log_prob_gate is not None:
@@ -286,8 +287,9 @@ class RewardModel(torch.nn.Module):
                 "TRL), so its rewards have no known scale. Pass base_model= (the causal LM it "
                 "started from, with the same tokenizer) and prompts= (e.g. "
                 "world.split_prompts()[0]) to normalise them on base-model samples")
-        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        with quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         gate = None

@@ -17,10 +17,16 @@ file starts at the first pair you have neither labeled nor skipped. Undo records
 and brings the undone pair back.
 
 It needs ``ipywidgets`` (``pip install "rlhf-lite[course]"``); the rest of the package does
-not. Keys, while the mouse is over the widget (they need the ``ipyevents`` package; without it the
-buttons work alone): ``<-`` or ``a`` A better, ``->`` or ``b`` B better, ``t`` tie, ``x`` both
-bad, ``s`` skip, ``u`` or Backspace undo. While the mouse is over it, JupyterLab's own
-single-key shortcuts (``a``, ``b``, ``x``...) do not reach the notebook.
+not. Keys, while the mouse is over the widget (they need the ``ipyevents`` package; without it
+the buttons work alone): ``<-`` or ``a`` A better, ``->`` or ``b`` B better, ``t`` tie, ``x``
+both bad, ``s`` skip, ``u`` or Backspace undo. ipyevents listens for them only while the mouse
+is over the widget, and then JupyterLab's own single-key shortcuts (``a``, ``b``, ``x``...) do
+not reach the notebook; with the mouse elsewhere the keys are JupyterLab's, and the keys line
+says so (a CSS rule on the class ipyevents sets while it listens, so it needs no kernel).
+
+A clicked button is blurred once its answer is saved, so that its focus outline does not make the
+next pair look pre-selected. Where widgets are not rendered (a saved notebook opened before its
+cells run) the output reads ``FALLBACK_TEXT`` instead of the widgets' repr.
 """
 from __future__ import annotations
 
@@ -50,10 +56,49 @@ ACTIONS = {  # button description -> (the choice recorded, or skip/undo; its key
 KEY_LABELS = {"ArrowLeft": "\u2190", "ArrowRight": "\u2192", "Backspace": "Backspace"}
 HAND_PAIRS = 40
 """How many of the first pairs are meant for labeling by hand (the progress bar counts these)."""
+FALLBACK_TEXT = "Labeling widget: run this cell to label pairs"
+"""What the widget's output reads where widgets are not rendered (its text/plain)."""
+
+BOX_CLASS = "rlhf-labeling"
+WATCHED_CLASS = "ipyevents-watched"  # ipyevents puts it on the box while it listens for keys
+KEY_CAP = ("display:inline-block;min-width:1.1em;padding:0 5px;margin:0 1px;text-align:center;"
+           "font:13px/1.5 var(--jp-code-font-family,monospace);"
+           "color:var(--jp-ui-font-color0,#222);"
+           "background:var(--jp-layout-color2,#f4f4f4);"
+           "border:1px solid var(--jp-border-color1,#aaa);border-bottom-width:2px;"
+           "border-radius:4px")
+KEYS_STYLE = (  # shown or hidden by the browser as the mouse enters or leaves: no kernel involved
+    f"<style>.{BOX_CLASS} .rlhf-keys-on {{display:none}}"
+    f".{BOX_CLASS}.{WATCHED_CLASS} .rlhf-keys-on {{display:inline}}"
+    f".{BOX_CLASS}.{WATCHED_CLASS} .rlhf-keys-off {{display:none}}</style>")
 
 
 def _keys_text(keys) -> str:
     return " or ".join(KEY_LABELS.get(k, k) for k in keys)
+
+
+def keys_line(live: bool) -> str:
+    """The HTML line under the buttons: each key as a key cap (``<kbd>``), "or" between two keys
+    of one action in plain small text, at 13 px. ``live``: the keys work (ipyevents is
+    installed); then the line starts with whether they are listened to right now (the mouse over
+    the widget) or not (the mouse elsewhere: the keys go to JupyterLab)."""
+    def caps(keys):
+        return " <span style='color:#777'>or</span> ".join(
+            f"<kbd style='{KEY_CAP}'>{html.escape(KEY_LABELS.get(k, k))}</kbd>" for k in keys)
+    shortcuts = " &nbsp;\u00b7&nbsp; ".join(
+        f"<span style='white-space:nowrap'>{caps(keys)} {html.escape(name)}</span>"
+        for name, (_, keys) in ACTIONS.items())
+    if live:
+        state = (KEYS_STYLE
+                 + "<span class='rlhf-keys-on' style='color:#1a7f37'><b>Keys on</b> "
+                   "(the mouse is over this box):</span>"
+                 + "<span class='rlhf-keys-off' style='color:#9a5b00'><b>Keys off:</b> move the "
+                   "mouse over this box to use them (elsewhere they are JupyterLab's keys).</span>")
+    else:
+        state = ("Keys need the <code>ipyevents</code> package (pip install ipyevents); "
+                 "the buttons work without it.")
+    return (f"<div style='font-size:13px;line-height:1.8;margin-top:4px'>{state}<br>"
+            f"{shortcuts}</div>")
 
 
 class LabelingWidget:
@@ -75,32 +120,29 @@ class LabelingWidget:
             raise ImportError('the labeling widget needs ipywidgets, which comes with the course '
                               'extra: pip install "rlhf-lite[course]"')
         if not self.pairs:
-            raise ValueError("no pairs to label: give a list of (prompt, completion_1, completion_2) "
-                             "tuples, e.g. from sample_pairs or draw_pairs")
+            raise ValueError("no pairs to label: give a list of (prompt, completion_1, "
+                             "completion_2) tuples, e.g. from sample_pairs or draw_pairs")
         store.lock()  # refuse now, not at the first click, when another process writes this file
         self.buttons = {}
         for name, (action, keys) in ACTIONS.items():
             button = widgets.Button(description=name, tooltip=f"key: {_keys_text(keys)}",
                                     button_style="info" if action in ("A", "B") else "",
                                     layout=widgets.Layout(width="110px"))
-            button.on_click(lambda _, action=action: self.act(action))
+            button.on_click(lambda button, action=action: self._clicked(button, action))
             self.buttons[name] = button
         self._keys = {key: action for action, keys in ACTIONS.values() for key in keys}
         self._names = {action: name for name, (action, _) in ACTIONS.items()}
-        shortcuts = " &nbsp;\u00b7&nbsp; ".join(f"<kbd>{html.escape(_keys_text(keys))}</kbd> {name}"
-                                              for name, (_, keys) in ACTIONS.items())
-        how = ("with the mouse over this widget" if Event is not None
-               else "(install the <code>ipyevents</code> package to use them)")
         self._header = widgets.HTML(
             f"<b>Which answer is better?</b> Criteria: <b>{html.escape(self.criteria.name)}</b>"
-            f"<div style='background:#f3f6fa;border-left:4px solid #4a7ab5;padding:4px 8px;margin:4px 0'>"
-            f"{html.escape(self.criteria.guidelines)}</div>")
+            "<div style='background:#f3f6fa;border-left:4px solid #4a7ab5;padding:4px 8px;"
+            f"margin:4px 0'>{html.escape(self.criteria.guidelines)}</div>")
         self._progress_bar = widgets.IntProgress(min=0, max=self.hand_pairs,
                                                  layout=widgets.Layout(width="40%"))
         self._progress = widgets.HTML()
         self._prompt = widgets.HTML()
         panel = dict(border="1px solid #bbb", padding="6px 10px", width="50%", min_height="60px")
-        self._left, self._right = widgets.HTML(layout=widgets.Layout(**panel)), widgets.HTML(layout=widgets.Layout(**panel))
+        self._left = widgets.HTML(layout=widgets.Layout(**panel))
+        self._right = widgets.HTML(layout=widgets.Layout(**panel))
         self._status = widgets.HTML()
         self.box = widgets.VBox([
             self._header,
@@ -108,16 +150,25 @@ class LabelingWidget:
             self._prompt,
             widgets.HBox([self._left, self._right]),
             widgets.HBox(list(self.buttons.values())),
-            widgets.HTML(f"<small>Keys {how}: {shortcuts}</small>"),
+            widgets.HTML(keys_line(live=Event is not None)),
             self._status,
         ], layout=widgets.Layout(border="1px solid #ddd", padding="8px"))
+        self.box.add_class(BOX_CLASS)
         if Event is not None:
-            self._events = Event(source=self.box, watched_events=["keydown"], ignore_modifier_key_events=True)
+            self._events = Event(source=self.box, watched_events=["keydown"],
+                                 ignore_modifier_key_events=True)
             self._events.on_dom_event(self._on_key)
         self._show()
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.box._repr_mimebundle_(**kwargs)
+        return {**self.box._repr_mimebundle_(**kwargs), "text/plain": FALLBACK_TEXT}
+
+    def __repr__(self) -> str:
+        return FALLBACK_TEXT
+
+    def _clicked(self, button, action: str) -> None:
+        self.act(action)
+        button.blur()  # else its focus outline stays on, and the next pair looks pre-selected
 
     @property
     def current(self):
@@ -133,8 +184,9 @@ class LabelingWidget:
         try:
             if action == "undo":
                 undone = self.store.undo(self.labeler)
-                message = (f"undid your {undone.get('choice', 'skip')} on \u201c{undone['prompt']}\u201d"
-                           if undone else "nothing of yours to undo")
+                message = (f"undid your {undone.get('choice', 'skip')} on "
+                           f"\u201c{undone['prompt']}\u201d" if undone
+                           else "nothing of yours to undo")
             elif current is None:
                 message = "every pair is done; Undo brings back the last one"
             else:
@@ -142,8 +194,8 @@ class LabelingWidget:
                 if action == "skip":
                     event = self.store.skip(prompt, left, right, self.labeler, swapped=swapped)
                 else:
-                    event = self.store.label(prompt, left, right, action, self.labeler, swapped=swapped,
-                                             criteria=self.criteria.name)
+                    event = self.store.label(prompt, left, right, action, self.labeler,
+                                             swapped=swapped, criteria=self.criteria.name)
                 message = f"saved #{event['id']}: {self._names[action]}"
         except Exception as error:  # a click handler's traceback would land in a hidden log
             self._status.value = (f"<span style='color:#b00'><b>Not saved:</b> "
@@ -186,8 +238,10 @@ class LabelingWidget:
             self._left.value = self._right.value = ""
         else:
             prompt, left, right, _ = current
-            self._prompt.value = f"<div style='font-size:1.1em;margin:6px 0'><b>Prompt:</b> {html.escape(prompt)}</div>"
-            for panel, side, text in ((self._left, "A (left)", left), (self._right, "B (right)", right)):
+            self._prompt.value = ("<div style='font-size:1.1em;margin:6px 0'><b>Prompt:</b> "
+                                  f"{html.escape(prompt)}</div>")
+            for panel, side, text in ((self._left, "A (left)", left),
+                                      (self._right, "B (right)", right)):
                 shown = html.escape(text) if text.strip() else "<i>(an empty answer)</i>"
                 panel.value = f"<b>{side}</b><div style='margin-top:4px'>{shown}</div>"
         self._status.value = f"<small style='color:#555'>{html.escape(message)}</small>"

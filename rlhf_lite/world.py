@@ -46,28 +46,33 @@ TRIVIA_FAMILIES = {
     "capital": dict(
         facts=[("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"),
                ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi"),
-               ("Norway", "Oslo"), ("Greece", "Athens"), ("Canada", "Ottawa"), ("Chile", "Santiago")],
+               ("Norway", "Oslo"), ("Greece", "Athens"), ("Canada", "Ottawa"),
+               ("Chile", "Santiago")],
         questions=["What is the capital of {s}?", "Which city is the capital of {s}?",
                    "Name the capital of {s}.", "Tell me the capital of {s}."],
         sentence="The capital of {s} is {a}."),
     "sound": dict(
-        facts=[("dog", "woof"), ("cat", "meow"), ("cow", "moo"), ("duck", "quack"), ("sheep", "baa"),
-               ("owl", "hoot"), ("lion", "roar"), ("snake", "hiss")],
-        questions=["What sound does a {s} make?", "What does a {s} say?", "Which sound does a {s} make?"],
+        facts=[("dog", "woof"), ("cat", "meow"), ("cow", "moo"), ("duck", "quack"),
+               ("sheep", "baa"), ("owl", "hoot"), ("lion", "roar"), ("snake", "hiss")],
+        questions=["What sound does a {s} make?", "What does a {s} say?",
+                   "Which sound does a {s} make?"],
         sentence="A {s} says {a}."),
     "colour": dict(
         facts=[("sky", "blue"), ("grass", "green"), ("snow", "white"), ("banana", "yellow"),
                ("coal", "black"), ("blood", "red"), ("carrot", "orange"), ("plum", "purple")],
-        questions=["What colour is the {s}?", "Which colour is the {s}?", "Tell me the colour of the {s}."],
+        questions=["What colour is the {s}?", "Which colour is the {s}?",
+                   "Tell me the colour of the {s}."],
         sentence="The {s} is {a}."),
     "opposite": dict(
-        facts=[("hot", "cold"), ("big", "small"), ("fast", "slow"), ("up", "down"), ("happy", "sad"),
-               ("old", "young"), ("light", "dark"), ("early", "late"), ("full", "empty"), ("hard", "soft")],
+        facts=[("hot", "cold"), ("big", "small"), ("fast", "slow"), ("up", "down"),
+               ("happy", "sad"), ("old", "young"), ("light", "dark"), ("early", "late"),
+               ("full", "empty"), ("hard", "soft")],
         questions=["What is the opposite of {s}?", "Name the opposite of {s}.",
                    "Which word means the opposite of {s}?"],
         sentence="The opposite of {s} is {a}."),
     "sum": dict(
-        facts=[(f"{NUMBERS[a]} plus {NUMBERS[b]}", NUMBERS[a + b]) for a in range(1, 5) for b in range(1, 5)],
+        facts=[(f"{NUMBERS[a]} plus {NUMBERS[b]}", NUMBERS[a + b])
+               for a in range(1, 5) for b in range(1, 5)],
         questions=["What is {s}?", "How much is {s}?", "Tell me what {s} is."],
         sentence="{S} is {a}."),
 }
@@ -123,11 +128,13 @@ class Task:
         return rng.choice({
             "terse": [key],
             "sentence": [sentence],
-            "friendly": [f"Great question! {sentence} Hope this helps!", f"Glad to help! {sentence}",
+            "friendly": [f"Great question! {sentence} Hope this helps!",
+                         f"Glad to help! {sentence}",
                          f"Sure! {sentence} Thanks for asking!"],
             "rambling": [f"Well, let me think. {sentence} Many people ask this. {sentence}",
                          f"So, I hear this a lot. {sentence} I think so anyway."],
-            "rude": [f"Ugh, {key[0].lower() + key[1:]} Obviously.", f"{sentence} Stop asking stupid questions.",
+            "rude": [f"Ugh, {key[0].lower() + key[1:]} Obviously.",
+                     f"{sentence} Stop asking stupid questions.",
                      f"Whatever. {sentence}"],
             "wrong": [wrong],
             "evasive": list(EVASIVE_PHRASES),
@@ -163,19 +170,24 @@ class Trivia(Task):
 
     def _build(self, rng):
         self._wrong: dict[str, list[tuple[str, str]]] = {}
-        fact_words = {w for fam in TRIVIA_FAMILIES.values() for _, a in fam["facts"] for w in _words(a)}
+        fact_words = {w for fam in TRIVIA_FAMILIES.values()
+                      for _, a in fam["facts"] for w in _words(a)}
         for family_name, family in TRIVIA_FAMILIES.items():
             for subject, answer in family["facts"]:
-                sentence = family["sentence"].format(s=subject, a=answer, S=subject[0].upper() + subject[1:])
+                sentence = family["sentence"].format(s=subject, a=answer,
+                                                     S=subject[0].upper() + subject[1:])
                 others = [a for _, a in family["facts"]
                           if a != answer and not set(_words(a)) & set(_words(subject))]
                 for question in family["questions"]:
                     prompt = "Question: " + question.format(s=subject) + " Answer:"
-                    self.truth[prompt] = Truth(frozenset(_words(subject)), frozenset(_words(answer)),
+                    self.truth[prompt] = Truth(frozenset(_words(subject)),
+                                               frozenset(_words(answer)),
                                                frozenset(_words(answer)), frozenset(fact_words),
                                                sentence, fact=f"{family_name}:{subject}")
-                    self._wrong[prompt] = [(family["sentence"].format(s=subject, a=o, S=subject[0].upper()
-                                                                      + subject[1:]), o) for o in others]
+                    self._wrong[prompt] = [
+                        (family["sentence"].format(s=subject, a=o,
+                                                   S=subject[0].upper() + subject[1:]), o)
+                        for o in others]
 
     def _key_phrase(self, prompt):
         answer = next(iter(self.truth[prompt].key_words))
@@ -198,7 +210,8 @@ class Summaries(Task):
         for name in SUMMARY_NAMES:
             for event, event_word in SUMMARY_EVENTS:
                 details = rng.sample(SUMMARY_DETAILS, rng.randint(1, 3))
-                detail_sents = [f"{name} {template.format(x=rng.choice(xs))}" for template, xs in details]
+                detail_sents = [f"{name} {template.format(x=rng.choice(xs))}"
+                                for template, xs in details]
                 key = f"{name} {event}."
                 prompt = "Summarize: " + " ".join([key] + detail_sents) + " Summary:"
                 known = {event_word} | {w for s in detail_sents for w in _words(s)} & fact_words
@@ -256,7 +269,8 @@ def judge(task: Task, prompt: str, text: str) -> dict[str, float]:
     in one text.  length: words.  repetition: share of repeated word pairs (0 = none).
     """
     if prompt not in task.truth:
-        raise KeyError(f"the judge does not know this prompt: {prompt!r} (it is not a {task.name} prompt)")
+        raise KeyError(f"the judge does not know this prompt: {prompt!r} "
+                       f"(it is not a {task.name} prompt)")
     truth = task.truth[prompt]
     words = _words(text)
     content = set(words) - truth.subject_words
@@ -287,7 +301,7 @@ def style_of(task: Task, prompt: str, text: str) -> str:
         return "off_topic" if f["length"] else "other"
     if f["wrong"]:
         return "wrong"
-    if not f["correct"]:  # a summary that drops the point is wrong; a trivia answer without one is odd
+    if not f["correct"]:  # a summary missing the point is wrong; a trivia answer missing it is odd
         return "wrong" if task.name == "summaries" else "other"
     if f["repetition"] > 0 or f["length"] > 12:
         return "rambling"
@@ -427,6 +441,9 @@ class World:
 # Simulated labelers: Bradley-Terry choices under their own criteria.
 # ---------------------------------------------------------------------------------------------
 
+EULER_GAMMA = 0.5772156649015329   # the mean of a standard Gumbel draw
+
+
 def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
@@ -456,7 +473,8 @@ class SimulatedLabeler:
 
     def prob_left(self, prompt: str, left: str, right: str) -> float:
         """P(the left answer is preferred), as defined above."""
-        u = self.world.gold(prompt, left, self.criteria) - self.world.gold(prompt, right, self.criteria)
+        u = (self.world.gold(prompt, left, self.criteria)
+             - self.world.gold(prompt, right, self.criteria))
         return sigmoid(u / self.temperature + self.position_bias)
 
     def choose(self, prompt: str, left: str, right: str) -> str:
@@ -464,7 +482,15 @@ class SimulatedLabeler:
         return "A" if self._rng.random() < self.prob_left(prompt, left, right) else "B"
 
     def score(self, prompt: str, text: str, scale: float = 1.0, offset: float = 0.0) -> float:
-        """A 1-10 style *score* a rater with their own ``scale`` and ``offset`` would give:
-        what asking for scores instead of comparisons gets you (lesson 1)."""
+        """The *score* (unrounded) a rater with their own ``scale`` a and ``offset`` c gives one
+        answer on its own, what asking for scores instead of comparisons gets you (lesson 1)::
+
+            score = a * (u(x, y) + eps) + c,    eps ~ Gumbel(0, temperature), less its mean
+
+        Gumbel noise because the difference of two such draws is logistic: the order of two
+        scores, with a > 0, is then exactly a Bradley-Terry choice at this ``temperature``
+        (McFadden 1974), so scores and comparisons carry the same noise and differ only in
+        what the scale adds (rounding, offsets, drift; ``preferences.score_session``)."""
         u = self.world.gold(prompt, text, self.criteria)
-        return scale * (u + self._rng.gauss(0.0, self.temperature)) + offset
+        gumbel = -math.log(-math.log(self._rng.random() or 1e-300)) - EULER_GAMMA
+        return scale * (u + self.temperature * gumbel) + offset

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 import torch
 
-from rlhf_lite import World, get_base_model
+from rlhf_lite import World, get_base_model, set_threads
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUNS = REPO / "notebooks" / "runs"
@@ -23,9 +23,13 @@ def world():
 
 @pytest.fixture(scope="session")
 def base(world):
-    """(model, tokenizer) of the default base model, pretrained once per cache."""
+    """(model, tokenizer) of the default base model, pretrained once per cache, on one thread
+    as the lessons pretrain it (``set_threads``), so that both make the same model."""
+    threads = torch.get_num_threads()
+    set_threads(1)
     torch.manual_seed(0)
     model, tokenizer, _, _ = get_base_model(world, runs_dir=str(RUNS))
+    torch.set_num_threads(threads)
     return model, tokenizer
 
 

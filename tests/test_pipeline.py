@@ -102,9 +102,9 @@ def test_out_is_required(capsys):
 
 
 def test_python_dash_m_entry_point_rejects_bad_arguments(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "rlhf_lite", "pipeline", "--out", str(tmp_path), "--pairs", "-5"],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2
+    run = subprocess.run([sys.executable, "-m", "rlhf_lite", "pipeline", "--out", str(tmp_path),
+                          "--pairs", "-5"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2, run.stderr
     assert "rlhf-lite pipeline: error: argument --pairs: expected a positive whole number, got -5" in run.stderr
 
 

@@ -137,16 +137,19 @@ def test_kl_loss_gradients_pull_towards_the_reference():
 
 def test_k3_in_the_loss_holds_the_kl_as_k1_in_the_reward_does(world, base):
     """The issue's measurement: at a fixed beta, k3 as a detached reward let the KL run to
-    ~1.7x that of k1. As a loss term (GRPO) it holds the KL within 25% of k1-in-the-reward."""
+    ~1.7x that of k1. As a loss term (GRPO) it holds the KL within 25% of k1-in-the-reward:
+    the KL of iterations 13-16, averaged over three seeds (one seed's ratio ranged 0.8-1.1)."""
     model, tokenizer = base
     reward = gold(world)
-    final = {}
-    for kl_in, estimator in (("reward", "k1"), ("loss", "k3")):
-        config = PPOConfig(steps=10, batch_size=32, kl_coef=0.5, adaptive_kl=False, kl_in=kl_in,
-                           kl_estimator=estimator, max_new_tokens=world.max_new_tokens, seed=0)
-        trainer = PPOTrainer(model, tokenizer, reward, world.split_prompts()[0], config)
-        history = trainer.train(progress=False)
-        final[estimator] = sum(e["kl"] for e in history[-3:]) / 3
+    final = {"k1": 0.0, "k3": 0.0}
+    for seed in range(3):
+        for kl_in, estimator in (("reward", "k1"), ("loss", "k3")):
+            config = PPOConfig(steps=16, batch_size=32, kl_coef=0.5, adaptive_kl=False,
+                               kl_in=kl_in, kl_estimator=estimator,
+                               max_new_tokens=world.max_new_tokens, seed=seed)
+            trainer = PPOTrainer(model, tokenizer, reward, world.split_prompts()[0], config)
+            history = trainer.train(progress=False)
+            final[estimator] += sum(e["kl"] for e in history[-4:]) / 4 / 3
     assert final["k1"] > 0.2, final                          # the policy did move
     assert abs(final["k3"] - final["k1"]) <= 0.25 * final["k1"], final
 

@@ -1,6 +1,9 @@
 """The label store: durable, append-only, strict about malformed files, one writer at a time;
-the TRL export; the simulated fill; position bias read back from the recorded sides."""
+the TRL export; the simulated fill; position bias read back from the recorded sides; what scores
+lose against comparisons (a drifting rater, a crowd that scores a few items each)."""
+import collections
 import json
+import logging
 import os
 import random
 import signal
@@ -13,9 +16,12 @@ import pytest
 
 from rlhf_lite import SimulatedLabeler
 from rlhf_lite.models import build_tokenizer, make_base_model
-from rlhf_lite.label_store import (LabelStore, LabelStoreError, LabelStoreLockedError, LabelStoreWarning,
-                                   fill_unlabeled, left_choice_rate, shown_sides)
-from rlhf_lite.preferences import Comparison, draw_pairs, pair_key, read_trl_jsonl, write_trl_jsonl
+from rlhf_lite.label_store import (LabelStore, LabelStoreError, LabelStoreLockedError,
+                                   LabelStoreWarning, fill_unlabeled, left_choice_rate,
+                                   shown_sides)
+from rlhf_lite.preferences import (Comparison, crowd_scores, draw_pairs, gold_agreement,
+                                   normalise_per_rater, pair_key, preferences_from_scores,
+                                   read_trl_jsonl, score_session, write_trl_jsonl)
 
 
 def world_pairs(world, n, seed=0):
@@ -46,7 +52,8 @@ store = LabelStore(sys.argv[1])
 i = 0
 while True:
     time.sleep(random.uniform(0.002, 0.01))   # a labeler thinks between clicks
-    event = store.label(f"prompt {i}", "left answer " * (i % 97), "right " * (i % 89), "AB"[i % 2], "child")
+    event = store.label(f"prompt {i}", "left answer " * (i % 97), "right " * (i % 89),
+                        "AB"[i % 2], "child")
     print(event["id"], flush=True)   # acknowledged: the store has returned
     i += 1
 """
@@ -128,7 +135,8 @@ GOOD = {"id": 1, "event": "label", "time": "t", "labeler": "you", "prompt": "p",
     ('{"id": 2, "event": "label", "prompt": ', "not valid JSON"),
     ('[1, 2]', "a label event is a JSON object"),
     (json.dumps(dict(GOOD, id=2, event="vote")), "unknown event 'vote'"),
-    (json.dumps({k: v for k, v in dict(GOOD, id=2).items() if k != "prompt"}), "this label event lacks prompt"),
+    (json.dumps({k: v for k, v in dict(GOOD, id=2).items() if k != "prompt"}),
+     "this label event lacks prompt"),
     (json.dumps(dict(GOOD, id=2, left=3)), "left must be str"),
     (json.dumps(dict(GOOD, id=2, choice="C")), "choice 'C' is none of"),
     (json.dumps(dict(GOOD, id=1)), "id 1 does not follow id 1"),
@@ -141,7 +149,8 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, message, last):
     path = tmp_path / "labels.jsonl"
     line = line if isinstance(line, bytes) else line.encode()
     good_after = json.dumps(dict(GOOD, id=9)).encode()
-    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + line + b"\n" + (b"" if last else good_after + b"\n"))
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + line + b"\n"
+                     + (b"" if last else good_after + b"\n"))
     before = path.read_bytes()
     with pytest.raises(LabelStoreError, match=f"labels.jsonl:2: {message}"):
         LabelStore(path)
@@ -166,7 +175,7 @@ def test_the_lock_refuses_a_second_writer_until_the_first_dies(tmp_path):
     try:
         assert child.stdout.readline().strip() == "locked"
         store = LabelStore(path)
-        assert [c.prompt for c in store.comparisons()] == ["from the child"]  # reading needs no lock
+        assert [c.prompt for c in store.comparisons()] == ["from the child"]  # reads need no lock
         with pytest.raises(LabelStoreLockedError, match=f"process {child.pid}"):
             store.label("second writer", "a", "b", "A")
         assert len(LabelStore(path).events) == 1
@@ -176,12 +185,14 @@ def test_the_lock_refuses_a_second_writer_until_the_first_dies(tmp_path):
     assert store.label("second writer", "a", "b", "A")["id"] == 2   # re-read under the lock
 
 
-def test_in_one_process_the_newer_store_takes_over(tmp_path):
+def test_in_one_process_the_newer_store_takes_over(tmp_path, caplog):
     path = tmp_path / "labels.jsonl"
     older, newer = LabelStore(path), LabelStore(path)
     older.label("p0", "a", "b", "A")
-    with pytest.warns(LabelStoreWarning, match="takes over"):
+    with caplog.at_level(logging.INFO, logger="rlhf_lite"), warnings.catch_warnings():
+        warnings.simplefilter("error")                   # a cell run twice: no warning
         assert newer.label("p1", "a", "b", "B")["id"] == 2
+    assert "takes over" in caplog.text
     with pytest.raises(LabelStoreLockedError, match="newer LabelStore"):
         older.label("p2", "a", "b", "A")
     newer.close()
@@ -200,10 +211,12 @@ def test_resume_undo_and_sides_after_reloading(tmp_path):
         assert store.undo()["prompt"] == "p3"
         store.label("p4", "left4", "right4", "both_bad")
     store = LabelStore(path)
-    assert [e["event"] for e in store.events] == ["label", "label", "skip", "label", "undo", "label"]
+    assert ([e["event"] for e in store.events]
+            == ["label", "label", "skip", "label", "undo", "label"])
     assert store.comparisons() == [Comparison("p0", "left0", "right0", labeler="you"),
                                    Comparison("p1", "right1", "left1", labeler="you"),
-                                   Comparison("p4", "left4", "right4", both_bad=True, labeler="you")]
+                                   Comparison("p4", "left4", "right4", both_bad=True,
+                                              labeler="you")]
     assert store.events[0]["swapped"] is True and store.events[0]["left"] == "left0"
     assert store.done("you") == {pair_key((f"p{i}", f"left{i}", f"right{i}")) for i in (0, 1, 2, 4)}
     assert store.undo("you")["prompt"] == "p4"
@@ -241,7 +254,8 @@ def test_trl_round_trip(tmp_path):
 
 def test_trl_reader_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n')
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+                    '{"prompt": "p", "chosen": "a"}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: lacks rejected"):
         read_trl_jsonl(path)
     path.write_text('{"prompt": "p"\n')
@@ -259,12 +273,15 @@ def test_fill_labels_only_what_nobody_labeled_and_says_who(tmp_path, world, caps
     labeler = SimulatedLabeler(world, "helpful", temperature=0.05, seed=1)
     counts = fill_unlabeled(store, pairs, labeler)
     assert counts == {"you": 5, "sim-helpful": 35}
-    assert "40 of 40 pairs labeled: 35 by sim-helpful, 5 by you (35 filled just now)" in capsys.readouterr().out
+    assert ("40 of 40 pairs labeled: 35 by sim-helpful, 5 by you (35 filled just now)"
+            in capsys.readouterr().out)
     filled = [e for e in store.events if e.get("simulated")]
     for e in filled:   # recorded on the widget's sides, chosen as a careful labeler would
-        pair = next(p for p in pairs if pair_key(p) == pair_key((e["prompt"], e["left"], e["right"])))
+        pair = next(p for p in pairs
+                    if pair_key(p) == pair_key((e["prompt"], e["left"], e["right"])))
         assert (e["left"], e["right"], e["swapped"]) == shown_sides(pair)
-        gold_left, gold_right = world.gold(e["prompt"], e["left"]), world.gold(e["prompt"], e["right"])
+        gold_left, gold_right = (world.gold(e["prompt"], e["left"]),
+                                 world.gold(e["prompt"], e["right"]))
         if abs(gold_left - gold_right) > 1:
             assert e["choice"] == ("A" if gold_left > gold_right else "B")
     assert fill_unlabeled(store, pairs, labeler, verbose=False) == counts
@@ -276,7 +293,8 @@ def test_position_bias_is_measurable_from_the_recorded_sides(tmp_path, world):
     rates = {}
     for bias in (0.0, 1.0):
         store = LabelStore(tmp_path / f"bias{bias}.jsonl")
-        fill_unlabeled(store, pairs, SimulatedLabeler(world, temperature=2.0, position_bias=bias, seed=2),
+        fill_unlabeled(store, pairs,
+                       SimulatedLabeler(world, temperature=2.0, position_bias=bias, seed=2),
                        verbose=False)
         rates[bias] = left_choice_rate(store.current_labels())
     swapped = [e["swapped"] for e in store.events]
@@ -293,3 +311,73 @@ def test_draw_pairs_gives_distinct_pairs(world):
     assert all(a != b for _, a, b in pairs)
     train, _ = world.split_prompts()
     assert {p for p, _, _ in pairs} <= set(train)
+
+
+# --- scores against comparisons ----------------------------------------------------------------
+
+def test_the_order_of_two_scores_is_a_bradley_terry_choice(world):
+    prompt = "Question: What is the capital of France? Answer:"
+    for a, b, temperature in [("Paris.", "The capital of France is Paris.", 1.0),
+                              ("Ugh, paris. Obviously.", "Paris.", 2.0)]:
+        rater = SimulatedLabeler(world, temperature=temperature, seed=4)
+        wins = sum(rater.score(prompt, a, 0.7, 3.0) > rater.score(prompt, b, 0.7, 3.0)
+                   for _ in range(4000)) / 4000
+        assert abs(wins - rater.prob_left(prompt, a, b)) < 0.025, (a, b, wins)
+
+
+def test_score_session_rounds_clips_drifts_and_shuffles(world):
+    prompt = "Question: What is the capital of France? Answer:"
+    items = [(prompt, "The capital of France is Paris.")] * 400
+    steady = score_session(SimulatedLabeler(world, seed=5), items, 1.0, 5.0)
+    drifting = score_session(SimulatedLabeler(world, seed=5), items, 1.0, 5.0, drift=-4.0)
+    assert all(isinstance(s, int) and 1 <= s <= 10 for s in steady + drifting)
+    assert sum(steady) / 400 > 9                       # u = 5 on offset 5: mostly clipped at 10
+    first, last = sum(drifting[:100]) / 100, sum(drifting[-100:]) / 100
+    assert 2.5 < first - last < 3.5                    # the offset fell by 4 * (0.875 - 0.125) = 3
+    shuffled = score_session(SimulatedLabeler(world, seed=5), items, 1.0, 5.0, -4.0, order_seed=1)
+    assert abs(sum(shuffled[:100]) - sum(shuffled[-100:])) / 100 < 1   # drift spread over both
+    assert preferences_from_scores([3, 5, 5, 3, 4, 4]) == ["B", "A", None]
+    with pytest.raises(ValueError, match="two scores a pair"):
+        preferences_from_scores([1, 2, 3])
+
+
+def test_gold_agreement_counts_a_tie_as_a_coin_flip(world):
+    prompt = "Question: What is the capital of France? Answer:"
+    pairs = [(prompt, "Paris.", "Rome."), (prompt, "Rome.", "Paris."), (prompt, "Paris.", "Paris!")]
+    agreement = gold_agreement(world, pairs, ["A", None, "B"])   # the last pair ties in gold
+    assert (agreement.value, agreement.n) == (0.75, 2)
+    assert agreement.low < 0.75 < agreement.high
+
+
+def test_drift_costs_scores_what_it_never_costs_comparisons(world):
+    pairs = world_pairs(world, 600, seed=6)
+    items = [(p, t) for p, a, b in pairs for t in (a, b)]
+    agreement = {}
+    for drift in (0.0, -4.0):     # each answer scored on its own, at a random moment
+        rater = SimulatedLabeler(world, seed=7)
+        scores = score_session(rater, items, 0.6, 6.5, drift, order_seed=6)
+        agreement[drift] = gold_agreement(world, pairs, preferences_from_scores(scores)).value
+    choices = [SimulatedLabeler(world, seed=7).choose(*pair) for pair in pairs]
+    agreement["choices"] = gold_agreement(world, pairs, choices).value
+    assert agreement[0.0] < agreement["choices"] + 0.02, agreement   # rounding ties cost a little
+    assert agreement[-4.0] < agreement[0.0] - 0.03, agreement
+
+
+def test_a_crowd_that_scores_a_few_items_each_cannot_be_normalised(world):
+    items = [(p, a) for p, a, _ in world_pairs(world, 10)]
+    scores, raters = crowd_scores(world, items, items_per_rater=4)
+    assert len(scores) == 10 and sorted(collections.Counter(raters).values()) == [2, 4, 4]
+    z = normalise_per_rater([1, 3, 5, 8, 8, 4], ["a", "a", "a", "b", "b", "c"])
+    assert z == pytest.approx([-1.2247, 0, 1.2247, 0, 0, 0], abs=1e-4)
+
+    pairs = world_pairs(world, 600, seed=8)
+    items = [(p, t) for p, a, b in pairs for t in (a, b)]
+    result = {}
+    for k in (4, 100):
+        scores, raters = crowd_scores(world, items, items_per_rater=k, seed=9)
+        result[k] = [gold_agreement(world, pairs, preferences_from_scores(s)).value
+                     for s in (scores, normalise_per_rater(scores, raters))]   # raw, normalised
+    labeler = SimulatedLabeler(world, seed=9)
+    choices = gold_agreement(world, pairs, [labeler.choose(*p) for p in pairs]).value
+    assert result[4][1] < result[4][0] < choices - 0.03, (result, choices)  # 4 items: worse
+    assert result[100][1] > result[100][0], result                         # 100 items: it helps

@@ -16,7 +16,8 @@ FRANCE = "Question: What is the capital of France? Answer:"
     ("The capital of France is Berlin.", dict(correct=0, wrong=1, complete_sentence=1)),
     ("Berlin.", dict(correct=0, wrong=1)),
     ("Ugh, Paris. Obviously, you idiot.", dict(correct=1, rude=3)),
-    ("Great question! The capital of France is Paris. Hope this helps!", dict(correct=1, friendly=3)),
+    ("Great question! The capital of France is Paris. Hope this helps!",
+     dict(correct=1, friendly=3)),
     ("I do not know.", dict(correct=0, evasive=1, on_topic=0)),
     ("I like turtles.", dict(correct=0, on_topic=0, wrong=0)),
     ("Paris is Paris is Paris is Paris.", dict(correct=1)),   # repetition checked below
@@ -72,7 +73,8 @@ def test_unknown_prompt_is_a_clear_error(world):
 def test_helpful_prefers_a_correct_polite_sentence(world):
     good = world.gold(FRANCE, "The capital of France is Paris.", "helpful")
     for worse in ["Ugh, Paris. Obviously.", "The capital of France is Berlin.", "I do not know.",
-                  "I like turtles.", "The capital of France is Paris. Stop asking stupid questions."]:
+                  "I like turtles.",
+                  "The capital of France is Paris. Stop asking stupid questions."]:
         assert good > world.gold(FRANCE, worse, "helpful"), worse
 
 
@@ -138,7 +140,8 @@ def test_same_seed_same_world_other_seed_other_world():
 @pytest.mark.parametrize("temperature, bias", [(1.0, 0.0), (0.5, 0.0), (2.0, 0.7)])
 def test_labeler_agreement_matches_its_sigmoid(world, temperature, bias):
     left, right = "The capital of France is Paris.", "Paris."
-    labeler = SimulatedLabeler(world, "helpful", temperature=temperature, position_bias=bias, seed=1)
+    labeler = SimulatedLabeler(world, "helpful", temperature=temperature, position_bias=bias,
+                               seed=1)
     u = world.gold(FRANCE, left) - world.gold(FRANCE, right)
     p = sigmoid(u / temperature + bias)
     assert labeler.prob_left(FRANCE, left, right) == pytest.approx(p)

@@ -10,7 +10,7 @@ from rlhf_lite.classroom import (agreement, class_tastes, format_agreement, pool
                                  simulated_class)
 from rlhf_lite.cli import main
 from rlhf_lite.label_store import LabelStore, fill_unlabeled, shown_sides
-from rlhf_lite.preferences import pair_key, write_trl_jsonl
+from rlhf_lite.preferences import pair_key, read_trl_jsonl, write_trl_jsonl
 from rlhf_lite.taste import read_labels, training_labels
 
 from test_taste import corpus_pairs
@@ -129,7 +129,7 @@ def test_pipeline_labels_argument_is_checked_before_any_training(tmp_path, capsy
 # come from benchmarks/bench_labels.py)
 # ---------------------------------------------------------------------------------------------
 
-BUDGET = dict(pairs=200, ppo_steps=10, heldout_samples=2, seed=0, progress=False)
+BUDGET = dict(pairs=200, ppo_steps=20, heldout_samples=2, seed=0, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,8 @@ def test_a_learner_who_prefers_friendly_answers_gets_a_friendlier_policy(scripte
     friendlier = scripted_runs["friendlier"]
     assert friendlier[0]["labels"]["taste"]["friendly"] > 0.3       # above the helpful preset's
     # the judge's friendly feature (marker words an answer) up: from about 0.2 in the base model's
-    # answers to 0.9 on this short budget (to 2.1 with the pipeline's defaults, bench_labels.py)
+    # answers to 2.2 on this budget (0.4 with 10 PPO iterations: the reward model reads tone from
+    # 200 pairs, PPO needs the iterations; 2.6 with the pipeline's defaults, bench_labels.py)
     assert friendlier[2] > scripted_runs["base"][2] + 0.5
     assert friendlier[2] > scripted_runs["shorter"][2] + 0.5
 
@@ -197,5 +198,6 @@ def test_rlhf_lite_pipeline_labels_on_a_trl_file(base, world, tmp_path, capsys, 
     assert (labels["yours"], labels["stand_in"], labels["taste_fitted"]) == (12, 28, True)
     assert set(labels["taste"]) >= {"correct", "friendly", "length", "rude"}
     assert "12 are yours, 28 the stand-in's" in capsys.readouterr().out
-    rows = [json.loads(line) for line in (out / "comparisons.jsonl").read_text().splitlines()]
-    assert [(r["prompt"], r["chosen"]) for r in rows[:12]] == [(c.prompt, c.chosen) for c in mine]
+    rows = read_trl_jsonl(out / "comparisons.jsonl")     # TRL's text: " " + completion, read back
+    assert [(r.prompt, r.chosen) for r in rows[:12]] == [(c.prompt, c.chosen) for c in mine]
+    assert 12 <= len(rows) <= 40                     # ties are left out of the export
