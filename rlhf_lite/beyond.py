@@ -52,7 +52,8 @@ def bon_kl_exact(probs, scores, n: int) -> float:
     """The exact KL(pi_bon || pi) for a categorical pi over outcomes with distinct ``scores``.
 
     Sort outcomes by score; with F_i = P(score <= score_i), best-of-n picks outcome i with
-    q_i = F_i^n - F_(i-1)^n (all n draws at most i, not all below it). KL = sum_i q_i log(q_i / p_i).
+    q_i = F_i^n - F_(i-1)^n (all n draws at most i, not all below it).
+    KL = sum_i q_i log(q_i / p_i).
     """
     probs = torch.as_tensor(probs, dtype=torch.float64)
     order = torch.as_tensor(scores, dtype=torch.float64).argsort()
@@ -71,23 +72,27 @@ def score_texts(reward, prompts, texts, chunk: int = 1024) -> torch.Tensor:
     """
     fn = reward.score if hasattr(reward, "score") else reward
     if not callable(fn):
-        raise TypeError("reward must be a RewardModel or a function (prompts, completions) -> floats")
+        raise TypeError("reward must be a RewardModel or a function "
+                        "(prompts, completions) -> floats")
     if len(prompts) != len(texts):
-        raise ValueError(f"got {len(prompts)} prompts but {len(texts)} texts; give one prompt a text")
+        raise ValueError(f"got {len(prompts)} prompts but {len(texts)} texts; "
+                         "give one prompt a text")
     pairs = list(zip(prompts, texts))
     distinct = list(dict.fromkeys(pairs))
     out = []
     for i in range(0, len(distinct), chunk):
         p, t = zip(*distinct[i:i + chunk])
         s = fn(list(p), list(t))
-        out.append(s.detach().float().cpu() if torch.is_tensor(s) else torch.tensor(list(s), dtype=torch.float))
+        out.append(s.detach().float().cpu() if torch.is_tensor(s)
+                   else torch.tensor(list(s), dtype=torch.float))
     scores = torch.cat(out) if out else torch.zeros(0)
     index = {pair: k for k, pair in enumerate(distinct)}
     return scores[torch.tensor([index[pair] for pair in pairs], dtype=torch.long)]
 
 
 def sample_candidates(model, tokenizer, prompts, n: int, max_new_tokens: int = 24,
-                      temperature: float = 1.0, seed: int = 0, max_batch: int = 1024) -> list[list[str]]:
+                      temperature: float = 1.0, seed: int = 0,
+                      max_batch: int = 1024) -> list[list[str]]:
     """n completions a prompt, as texts[i][j] (prompt i, draw j).
 
     Draws are batched, ``max_batch`` rows to a ``generate`` call, call c seeded ``seed + c``;
@@ -98,7 +103,8 @@ def sample_candidates(model, tokenizer, prompts, n: int, max_new_tokens: int = 2
     draws = []
     for call, start in enumerate(range(0, n, per_call)):
         k = min(per_call, n - start)
-        texts = generate(model, tokenizer, prompts * k, max_new_tokens, temperature, seed=seed + call).texts
+        texts = generate(model, tokenizer, prompts * k, max_new_tokens, temperature,
+                         seed=seed + call).texts
         draws += [texts[j * len(prompts):(j + 1) * len(prompts)] for j in range(k)]
     return [list(row) for row in zip(*draws)]
 
@@ -143,7 +149,8 @@ def best_of_n(model, tokenizer, prompts, n: int, reward, max_new_tokens: int = 2
     if n < 1:
         raise ValueError(f"best-of-n needs n >= 1, got {n}")
     candidates = sample_candidates(model, tokenizer, prompts, n, max_new_tokens, temperature, seed)
-    flat = score_texts(reward, [p for p in prompts for _ in range(n)], [t for row in candidates for t in row])
+    flat = score_texts(reward, [p for p in prompts for _ in range(n)],
+                       [t for row in candidates for t in row])
     scores = flat.view(len(prompts), n)
     texts = list(pick(candidates, scores))
     kept = torch.tensor([row.index(t) for row, t in zip(candidates, texts)])
@@ -250,7 +257,8 @@ def rl_curve(history) -> dict:
     KL is the run's per-iteration estimate of KL(pi || pi_ref) in nats per completion.
     """
     if not history or history[0].get("gold") is None:
-        raise ValueError("rl_curve needs a PPO history logged with gold: PPOTrainer(..., gold_fn=world.gold_many)")
+        raise ValueError("rl_curve needs a PPO history logged with gold: "
+                         "PPOTrainer(..., gold_fn=world.gold_many)")
     return {"iteration": [h["iteration"] for h in history],
             "kl": [h["kl"] for h in history],
             "d": [math.sqrt(max(h["kl"], 0.0)) for h in history],
@@ -260,7 +268,8 @@ def rl_curve(history) -> dict:
 
 @dataclasses.dataclass
 class GaoFit:
-    """A fitted Gao et al. form, R(d) = d (alpha - beta d) ("bon") or d (alpha - beta ln d) ("rl")."""
+    """A fitted Gao et al. form, R(d) = d (alpha - beta d) ("bon")
+    or d (alpha - beta ln d) ("rl")."""
     form: str
     alpha: float
     beta: float
@@ -272,30 +281,36 @@ class GaoFit:
 
     @property
     def peak_d(self) -> float:
-        """Where R(d) is highest: alpha / (2 beta) or exp(alpha / beta - 1); inf if it never turns."""
+        """Where R(d) is highest: alpha / (2 beta) or exp(alpha / beta - 1);
+        inf if it never turns."""
         if self.beta <= 0:
             return math.inf
-        return self.alpha / (2 * self.beta) if self.form == "bon" else math.exp(min(self.alpha / self.beta - 1, 50))
+        if self.form == "bon":
+            return self.alpha / (2 * self.beta)
+        return math.exp(min(self.alpha / self.beta - 1, 50))
 
 
 def fit_gao(d, r, form: str = "bon") -> GaoFit:
     """Least-squares fit of R(d) = alpha d - beta g(d), g = d^2 ("bon") or d ln d ("rl").
 
     R is the gain over the base policy (gold minus its value at d = 0). With f1 = d, f2 = -g(d)
-    the normal equations [f1.f1 f1.f2; f1.f2 f2.f2] [alpha; beta] = [f1.r; f2.r] solve in closed form.
+    the normal equations [f1.f1 f1.f2; f1.f2 f2.f2] [alpha; beta] = [f1.r; f2.r]
+    solve in closed form.
     """
     if form not in ("bon", "rl"):
         raise ValueError(f"form must be 'bon' or 'rl', got {form!r}")
     d = torch.as_tensor(d, dtype=torch.float64)
     r = torch.as_tensor(r, dtype=torch.float64)
     if len(d) != len(r) or len(d) < 2:
-        raise ValueError(f"need at least 2 points and as many d as R, got {len(d)} d and {len(r)} R")
+        raise ValueError(f"need at least 2 points and as many d as R, "
+                         f"got {len(d)} d and {len(r)} R")
     f1, f2 = d, -(d * d if form == "bon" else torch.xlogy(d, d))
     a11, a12, a22 = (f1 * f1).sum(), (f1 * f2).sum(), (f2 * f2).sum()
     b1, b2 = (f1 * r).sum(), (f2 * r).sum()
     det = a11 * a22 - a12 * a12
     if det.abs() < 1e-12:
-        raise ValueError("the points do not determine both alpha and beta (need at least two distinct d > 0)")
+        raise ValueError("the points do not determine both alpha and beta "
+                         "(need at least two distinct d > 0)")
     return GaoFit(form, float((a22 * b1 - a12 * b2) / det), float((a11 * b2 - a12 * b1) / det))
 
 
@@ -369,15 +384,18 @@ def _align_zeros(a, b):
 # ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def sequence_kl(policy, reference, tokenizer, prompts, max_new_tokens: int = 24, seed: int = 0) -> float:
-    """KL(pi || pi_ref) = E_(y ~ pi) [log pi(y|x) - log pi_ref(y|x)]: Monte Carlo, one sample a prompt."""
+def sequence_kl(policy, reference, tokenizer, prompts, max_new_tokens: int = 24,
+                seed: int = 0) -> float:
+    """KL(pi || pi_ref) = E_(y ~ pi) [log pi(y|x) - log pi_ref(y|x)]:
+    Monte Carlo, one sample a prompt."""
     batch = generate(policy, tokenizer, prompts, max_new_tokens, seed=seed)
     log_ratio = completion_logprobs(policy, batch) - completion_logprobs(reference, batch)
     return float(log_ratio.sum(1).mean())
 
 
-def compare_methods(world, base, tokenizer, prompts, policies=None, best_of=None, train_seconds=None,
-                    samples_per_prompt: int = 4, criteria="helpful", seed: int = 0) -> list[dict]:
+def compare_methods(world, base, tokenizer, prompts, policies=None, best_of=None,
+                    train_seconds=None, samples_per_prompt: int = 4, criteria="helpful",
+                    seed: int = 0) -> list[dict]:
     """Each method's gold, gold win-rate against the base model and KL from it, on ``prompts``.
 
     policies: {name: fine-tuned model}; best_of: {name: (reward, n)} for best-of-n on ``base``;
@@ -388,7 +406,8 @@ def compare_methods(world, base, tokenizer, prompts, policies=None, best_of=None
     """
     batch = [p for p in prompts for _ in range(samples_per_prompt)]
     n_tokens = world.max_new_tokens
-    base_gold = world.gold_many(batch, generate(base, tokenizer, batch, n_tokens, seed=seed + 1).texts, criteria)
+    base_texts = generate(base, tokenizer, batch, n_tokens, seed=seed + 1).texts
+    base_gold = world.gold_many(batch, base_texts, criteria)
     train_seconds = train_seconds or {}
 
     def row(name, texts, kl, seconds):
@@ -402,7 +421,8 @@ def compare_methods(world, base, tokenizer, prompts, policies=None, best_of=None
         start = time.perf_counter()
         texts = generate(model, tokenizer, batch, n_tokens, seed=seed).texts
         seconds = time.perf_counter() - start
-        kl = 0.0 if model is base else sequence_kl(model, base, tokenizer, batch, n_tokens, seed + 2)
+        kl = (0.0 if model is base
+              else sequence_kl(model, base, tokenizer, batch, n_tokens, seed + 2))
         rows.append(row(name, texts, kl, seconds))
     for name, (reward, n) in (best_of or {}).items():
         start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Beyond PPO: DPO, SFT, best-of-n, its KL, the Gao et al. fits, and over-optimisation against gold."""
+"""Beyond PPO: DPO, SFT, best-of-n, its KL, the Gao et al. fits,
+and over-optimisation against gold."""
 import math
 import random
 
@@ -34,13 +35,15 @@ def test_dpo_loss_matches_a_hand_computation():
     # pair 1: 0.5 * (-1 + 1.5) - 0.5 * (-2 + 1) = 0.75; pair 2: 0.5 * (-3 + 2) - 0.5 * 0 = -0.5
     expected = (math.log(1 + math.exp(-0.75)) + math.log(1 + math.exp(0.5))) / 2
     assert loss.item() == pytest.approx(expected, abs=1e-6)
-    assert r_w.tolist() == pytest.approx([0.25, -0.5]) and r_l.tolist() == pytest.approx([-0.5, 0.0])
+    assert r_w.tolist() == pytest.approx([0.25, -0.5])
+    assert r_l.tolist() == pytest.approx([-0.5, 0.0])
     # at the reference, every pair costs log 2, whatever beta
     same = torch.tensor([-4.0, -7.0])
     assert dpo_loss(same, same - 1, same, same - 1, 0.1)[0].item() == pytest.approx(math.log(2))
 
 
-def test_implicit_reward_is_zero_when_policy_is_reference_and_dpo_learns_the_labels(world, base, pairs):
+def test_implicit_reward_is_zero_when_policy_is_reference_and_dpo_learns_the_labels(
+        world, base, pairs):
     model, tokenizer = base
     prompts, chosen = [c.prompt for c in pairs[:16]], [c.chosen for c in pairs[:16]]
     assert implicit_reward(model, model, tokenizer, prompts, chosen).abs().max().item() == 0.0
@@ -50,10 +53,12 @@ def test_implicit_reward_is_zero_when_policy_is_reference_and_dpo_learns_the_lab
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)     # starts at the reference
     late = sum(h["loss"] for h in history[-3:]) / 3
     assert late < history[0]["loss"] - 0.05, [h["loss"] for h in history]
-    r_w = implicit_reward(policy, model, tokenizer, [c.prompt for c in pairs], [c.chosen for c in pairs])
-    r_l = implicit_reward(policy, model, tokenizer, [c.prompt for c in pairs], [c.rejected for c in pairs])
-    assert (r_w > r_l).float().mean().item() > 0.6       # it ranks the labelled pairs as the labels do
-    assert torch.equal(sequence_logprobs(model, tokenizer, prompts, chosen), base_logps)  # reference untouched
+    pair_prompts = [c.prompt for c in pairs]
+    r_w = implicit_reward(policy, model, tokenizer, pair_prompts, [c.chosen for c in pairs])
+    r_l = implicit_reward(policy, model, tokenizer, pair_prompts, [c.rejected for c in pairs])
+    assert (r_w > r_l).float().mean().item() > 0.6   # it ranks the labelled pairs as the labels do
+    # the reference is untouched
+    assert torch.equal(sequence_logprobs(model, tokenizer, prompts, chosen), base_logps)
 
 
 def test_sft_raises_the_likelihood_of_the_chosen_answers(base, pairs):
@@ -86,7 +91,8 @@ def test_best_of_1_is_plain_sampling_and_best_of_n_keeps_the_best(world, base):
     result = best_of_n(model, tokenizer, prompts, 8, world.gold_many, seed=7)
     assert torch.equal(result.scores, result.candidate_scores.max(1).values)
     assert world.gold_many(prompts, result.texts) == pytest.approx(result.scores.tolist(), abs=1e-5)
-    assert result.scores.mean() > result.candidate_scores[:, 0].mean()   # the gold judge as reward helps
+    # the gold judge as reward helps
+    assert result.scores.mean() > result.candidate_scores[:, 0].mean()
     assert result.kl == pytest.approx(math.log(8) - 7 / 8)
 
 
@@ -140,7 +146,8 @@ def test_best_of_n_weights_are_the_probability_of_being_the_best_of_a_random_sub
 def test_fit_gao_recovers_alpha_and_beta(form, alpha, beta):
     d = torch.linspace(0, 3, 20)
     shape = d * d if form == "bon" else torch.xlogy(d, d)
-    r = alpha * d - beta * shape + 0.01 * torch.randn(20, generator=torch.Generator().manual_seed(0))
+    noise = 0.01 * torch.randn(20, generator=torch.Generator().manual_seed(0))
+    r = alpha * d - beta * shape + noise
     fit = fit_gao(d, r, form)
     assert fit.alpha == pytest.approx(alpha, abs=0.05) and fit.beta == pytest.approx(beta, abs=0.05)
     grid = torch.linspace(0.01, 5, 2000)
@@ -165,18 +172,20 @@ def test_best_of_n_over_optimises_weak_reward_models_gold_peaks_before_the_proxy
     curves = []
     for seed in range(4):
         labeler = SimulatedLabeler(world, "helpful", temperature=1.0, seed=seed)
-        weak_pairs = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=20, seed=seed)
+        weak_pairs = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=20,
+                                             seed=seed)
         weak, _ = train_reward_model(model, tokenizer, weak_pairs, heldout=0.0, seed=seed,
                                      read_log_probs=False)
         curve = best_of_n_curve(prompts, pool, weak, world.gold_many, ns)
-        assert all(b > a for a, b in zip(curve["proxy"], curve["proxy"][1:]))   # each proxy only rises
+        # each proxy only rises
+        assert all(b > a for a, b in zip(curve["proxy"], curve["proxy"][1:]))
         assert curve["win_rate"][0] == pytest.approx(0.5, abs=0.01)   # best-of-1 vs a plain sample
         assert math.isnan(curve["win_rate"][-1])          # n = N: no draw left to be the opponent
         curves.append(curve)
     assert curves[0]["d"] == pytest.approx([math.sqrt(bon_kl(n)) for n in ns])
     gold = [sum(c["gold"][k] for c in curves) / len(curves) for k in range(len(ns))]
     peak = max(range(len(ns)), key=lambda k: gold[k])
-    assert 0 < peak < len(ns) - 1, gold                                         # gold rises, then falls
+    assert 0 < peak < len(ns) - 1, gold                             # gold rises, then falls
     assert gold[-1] < gold[peak] - 0.15, gold
     fit = fit_gao(curves[0]["d"], [g - gold[0] for g in gold], "bon")
     # the fitted form turns down too; its peak near the observed one (on another CPU the averaged
