@@ -26,8 +26,10 @@ Symbols and shapes (B = episodes in a batch, C = completion tokens):
 
 One iteration: sample B completions (``generate``), score them, compute logp_old, logp_ref and
 V_old once under no_grad, rewards and advantages, then ``ppo_epochs`` passes of minibatch
-updates of the clipped losses. Each implementation detail is a field of ``PPOConfig`` that can be
-switched off, so a lesson can show what happens without it. Sources: Schulman et al. 2017
+updates of the clipped losses. In a data-parallel run (``parallel``) each process samples and
+trains on its share of the B episodes; token means and batch statistics still cover all of them
+(``token_share``, ``batch_mean``). Each implementation detail is a field of ``PPOConfig`` that
+can be switched off, so a lesson can show what happens without it. Sources: Schulman et al. 2017
 (PPO), Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences"), Huang et al.
 2024 ("The N Implementation Details of RLHF with PPO"), Schulman 2020 ("Approximating KL
 Divergence", http://joschu.net/blog/kl-approx.html).
@@ -427,11 +429,11 @@ def by_length(fn, batch: Completions, n_chunks: int):
 
 
 def token_share(chunk_mask, minibatch_mask) -> torch.Tensor:
-    """n_chunk / n: a length chunk's share of the real tokens of its minibatch. In a
-    data-parallel run n counts the tokens of every process's share of the minibatch, divided by
-    the W processes (``parallel.per_process``): a process's chunk means weighted so sum to
-    sum_(its tokens) l_t / (n / W), and DDP's average of their gradients over the processes is
-    the gradient of the minibatch's token mean (module ``parallel``). With one process: n."""
+    """n_chunk / n: a length chunk's share of the real tokens of its minibatch, the weight of
+    the chunk's token mean. In a data-parallel run of W processes n is the real tokens of the
+    whole minibatch (every process's share) divided by W (``parallel.per_process``): a
+    process's weighted chunk means then add up to sum_(its tokens) l_t / (n / W), and DDP's
+    average of their gradients is the gradient of the whole minibatch's token mean."""
     return chunk_mask.sum() / parallel.per_process(minibatch_mask.sum())
 
 

@@ -110,3 +110,27 @@ def test_pipeline_with_two_processes_writes_one_folder(base, tmp_path):
         "checkpoints", "comparisons.jsonl", "metrics.json", "policy", "ppo.png",
         "ppo_history.json", "pretrain.png", "reward_model", "reward_model.png"])
     assert os.listdir(tmp_path / "run" / "checkpoints") == ["ppo_checkpoint.pt"]
+
+
+def test_grpo_on_your_labels_with_two_processes_writes_once(world, base, tmp_path):
+    """--method grpo and --labels under torchrun: each process fits the same taste and trains
+    on process 0's pairs; one folder, one checkpoint and one TensorBoard log are written."""
+    pytest.importorskip("tensorboard")
+    from rlhf_lite.preferences import draw_pairs, simulate_comparisons, write_trl_jsonl
+    from rlhf_lite.world import SimulatedLabeler
+    mine = simulate_comparisons(SimulatedLabeler(world, "concise", seed=3),
+                                draw_pairs(world, *base, n_pairs=8, seed=3))
+    write_trl_jsonl(mine, tmp_path / "mine.jsonl")
+    work = tmp_path / "work"
+    work.mkdir()
+    code, out, err = launch(["-m", "rlhf_lite", "pipeline", "--out", "run", "--cache-dir",
+                             str(RUNS), "--pairs", "24", "--ppo-steps", "1", "--device", "cpu",
+                             "--method", "grpo", "--labels", str(tmp_path / "mine.jsonl"),
+                             "--tensorboard", "tb"], work)
+    assert code == 0, err[-4000:]
+    assert sorted(os.listdir(work)) == ["run", "tb"] and len(os.listdir(work / "tb")) == 1
+    metrics = json.loads((work / "run" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["method"] == "grpo"
+    assert metrics["rl"]["episodes"] == 64 and metrics["labels"]["yours"] == 8
+    assert os.listdir(work / "run" / "checkpoints") == ["ppo_checkpoint.pt"]
+    assert out.count("are yours") == 1 and out.count('"processes": 2') == 1   # printed once
