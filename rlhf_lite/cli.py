@@ -14,7 +14,8 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a positive whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
     return value
@@ -58,19 +59,22 @@ def labels_file(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from .models import PRESETS
     from .ppo import PPOConfig
-    parser = argparse.ArgumentParser(prog="rlhf-lite", description="RLHF on a laptop: the course's command line.")
+    parser = argparse.ArgumentParser(prog="rlhf-lite",
+                                     description="RLHF on a laptop: the course's command line.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     pipeline = commands.add_parser(
         "pipeline", help="run every stage with simulated labelers; write metrics.json and plots",
-        description="Pretrain the base model, label pairs with a simulated labeler, train the reward model, "
-                    "run PPO, and compare the PPO policy with the base model on gold. Writes OUT/metrics.json, "
-                    "the plots, the pairs and the models.")
-    pipeline.add_argument("--out", required=True, help="folder for metrics.json, plots and models (made if missing)")
+        description="Pretrain the base model, label pairs with a simulated labeler, train the "
+                    "reward model, run PPO, and compare the PPO policy with the base model on "
+                    "gold. Writes OUT/metrics.json, the plots, the pairs and the models.")
+    pipeline.add_argument("--out", required=True,
+                          help="folder for metrics.json, plots and models (made if missing)")
     pipeline.add_argument("--seed", type=int, default=0,
                           help="seed of the world, the models and the labeler (default 0)")
     pipeline.add_argument("--device", type=device_name, default=None,
                           help="cpu, cuda or cuda:N (default: CUDA if present)")
-    pipeline.add_argument("--task", choices=sorted(TASKS), default="trivia", help="the world's task (default trivia)")
+    pipeline.add_argument("--task", choices=sorted(TASKS), default="trivia",
+                          help="the world's task (default trivia)")
     pipeline.add_argument(
         "--criteria", choices=sorted(CRITERIA), default=None,
         help="what the simulated labelers prefer (default helpful); with --labels, the prior of "
@@ -79,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", type=labels_file, default=None, metavar="FILE",
         help="your labels (a label-store file, or TRL prompt/chosen/rejected JSON Lines): your "
              "taste is fitted to them and a stand-in with that taste labels the rest")
-    pipeline.add_argument("--pairs", type=positive_int, default=1000, help="labelled pairs (default 1000)")
+    pipeline.add_argument("--pairs", type=positive_int, default=1000,
+                          help="labelled pairs (default 1000)")
     pipeline.add_argument("--method", choices=("ppo", "rloo", "grpo"), default="ppo",
                           help="the RL stage: PPO, or the critic-free RLOO or GRPO (default ppo)")
     pipeline.add_argument("--ppo-steps", type=positive_int, default=None,

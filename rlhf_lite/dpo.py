@@ -34,8 +34,9 @@ from .callbacks import log_step
 from .models import autocast, completion_logprobs, encode_completions, pick_device, seed_everything
 
 
-def sequence_logprobs(model, tokenizer, prompts, completions, temperature: float = 1.0) -> torch.Tensor:
-    """log pi(y | x) = sum_t log pi(y_t | x, y_<t) for each (prompt, completion), <eos> included: (B,)."""
+def sequence_logprobs(model, tokenizer, prompts, completions,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """log pi(y | x) = sum_t log pi(y_t | x, y_<t) per (prompt, completion), with <eos>: (B,)."""
     device = next(model.parameters()).device
     batch = encode_completions(tokenizer, prompts, completions, device)
     return completion_logprobs(model, batch, temperature).sum(1)
@@ -45,8 +46,9 @@ def _usable(comparisons) -> list:
     """Comparisons that carry a preference (ties and both-bad judgements carry none)."""
     usable = [c for c in comparisons if not (c.tie or c.both_bad)]
     if not usable:
-        raise ValueError("no comparison with a preference in the data (all are ties or both-bad); "
-                         "DPO and SFT need chosen/rejected pairs, e.g. from make_preference_dataset")
+        raise ValueError("no comparison with a preference in the data (all are ties or "
+                         "both-bad); DPO and SFT need chosen/rejected pairs, e.g. from "
+                         "make_preference_dataset")
     return usable
 
 
@@ -84,7 +86,8 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
 
 
 @torch.no_grad()
-def implicit_reward(policy, reference, tokenizer, prompts, completions, beta: float = 0.1) -> torch.Tensor:
+def implicit_reward(policy, reference, tokenizer, prompts, completions,
+                    beta: float = 0.1) -> torch.Tensor:
     """The reward a DPO policy has learned: r(x, y) = beta log pi(y|x) / pi_ref(y|x), (B,).
 
     Zero for every answer while policy = reference; it ranks answers like a reward model
@@ -130,14 +133,17 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
     data = _usable(comparisons)
     here = next(base_model.parameters()).device
     on_device = here.type == device.type and device.index in (None, here.index)
-    reference = (base_model if on_device else copy.deepcopy(base_model).to(device)).eval()  # caller's stays put
+    # a copy when moving, so the caller's model stays put
+    reference = (base_model if on_device else copy.deepcopy(base_model).to(device)).eval()
     policy = copy.deepcopy(reference).train()
     prompts = [c.prompt for c in data]
     chosen, rejected = [c.chosen for c in data], [c.rejected for c in data]
     with torch.no_grad(), autocast(device):
-        ref_chosen = torch.cat([sequence_logprobs(reference, tokenizer, prompts[i:i + 256], chosen[i:i + 256])
+        ref_chosen = torch.cat([sequence_logprobs(reference, tokenizer, prompts[i:i + 256],
+                                                  chosen[i:i + 256])
                                 for i in range(0, len(data), 256)])
-        ref_rejected = torch.cat([sequence_logprobs(reference, tokenizer, prompts[i:i + 256], rejected[i:i + 256])
+        ref_rejected = torch.cat([sequence_logprobs(reference, tokenizer, prompts[i:i + 256],
+                                                    rejected[i:i + 256])
                                   for i in range(0, len(data), 256)])
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
     rng = random.Random(config.seed)
@@ -154,7 +160,8 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
                     logps = sequence_logprobs(policy, tokenizer, [prompts[i] for i in idx] * 2,
                                               [chosen[i] for i in idx] + [rejected[i] for i in idx])
                 loss, r_chosen, r_rejected = dpo_loss(logps[:len(idx)], logps[len(idx):],
-                                                      ref_chosen[idx], ref_rejected[idx], config.beta)
+                                                      ref_chosen[idx], ref_rejected[idx],
+                                                      config.beta)
                 if loss_fn is not None:
                     loss = loss_fn(logps[:len(idx)], logps[len(idx):], ref_chosen[idx],
                                    ref_rejected[idx], config.beta)
@@ -163,12 +170,14 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
                 optimizer.step()
                 # -- log --
-                history.append(dict(loss=loss.item(), accuracy=(r_chosen > r_rejected).float().mean().item(),
+                history.append(dict(loss=loss.item(),
+                                    accuracy=(r_chosen > r_rejected).float().mean().item(),
                                     margin=(r_chosen - r_rejected).mean().item(),
                                     chosen_reward=r_chosen.mean().item(),
                                     rejected_reward=r_rejected.mean().item()))
                 bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['accuracy']:.2f}")
+                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}",
+                                acc=f"{history[-1]['accuracy']:.2f}")
                 log_step(callbacks, "dpo", len(history), history[-1])
     return policy.eval(), history
 
@@ -177,7 +186,8 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
 # SFT on the chosen answers: the baseline
 # ---------------------------------------------------------------------------------------------
 
-def sft_loss(policy_chosen_token_logps: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+def sft_loss(policy_chosen_token_logps: torch.Tensor,
+             completion_mask: torch.Tensor) -> torch.Tensor:
     """Supervised fine-tuning: the mean negative log-likelihood of the chosen answers' tokens,
 
         L_SFT = -(1 / sum |y_w|) sum_(x, y_w) sum_t log pi(y_w,t | x, y_w,<t)
@@ -220,7 +230,8 @@ def train_sft(base_model, tokenizer, comparisons, config: SFTConfig | None = Non
             rng.shuffle(order)
             for start in range(0, len(order), config.batch_size):
                 rows = [data[i] for i in order[start:start + config.batch_size]]
-                batch = encode_completions(tokenizer, [c.prompt for c in rows], [c.chosen for c in rows], device)
+                batch = encode_completions(tokenizer, [c.prompt for c in rows],
+                                           [c.chosen for c in rows], device)
                 with autocast(device):
                     loss = sft_loss(completion_logprobs(policy, batch), batch.completion_mask)
                 optimizer.zero_grad(set_to_none=True)

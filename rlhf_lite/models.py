@@ -106,7 +106,8 @@ def pick_device(device: str | None = None) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = str(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU; use 'cpu'")
+        raise ValueError(
+            f"device {device!r} asked for, but this machine has no CUDA GPU; use 'cpu'")
     if device == "cuda" and parallel.processes() > 1:
         device = parallel.local_gpu()
     return torch.device(device)
@@ -184,12 +185,13 @@ def not_text_ids(tokenizer) -> tuple[int, ...]:
 def make_base_model(tokenizer, preset: str = "tiny", seed: int = 0) -> GPT2LMHeadModel:
     """A freshly initialised GPT-2 of the given size (see ``PRESETS``)."""
     if preset not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; valid presets: {', '.join(MODEL_PRESETS)}")
+        raise ValueError(f"unknown model preset {preset!r}; "
+                         f"valid presets: {', '.join(MODEL_PRESETS)}")
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, **MODEL_PRESETS[preset],
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id,
-                        activation_function="gelu_pytorch_tanh",  # GPT-2's tanh-GELU, fused: faster on a CPU
+                        activation_function="gelu_pytorch_tanh",  # GPT-2's, fused: faster on CPU
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # RL wants dropout off
     model = GPT2LMHeadModel(config)
     model.loss_type = "ForCausalLM"      # else transformers warns that it guessed it
@@ -451,7 +453,8 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 24, temperature: f
     is_eos = completion_ids == eos
     after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
     completion_mask = (~after_eos).long()
-    texts = tokenizer.batch_decode(completion_ids.masked_fill(after_eos, pad), skip_special_tokens=True)
+    texts = tokenizer.batch_decode(completion_ids.masked_fill(after_eos, pad),
+                                   skip_special_tokens=True)
     return Completions(list(prompts), [t.strip() for t in texts], prompt_ids, prompt_mask,
                        completion_ids, completion_mask, is_eos.any(1), not_text, top_k,
                        torch.stack(out_logp, 1) * completion_mask)
@@ -465,7 +468,8 @@ def encode_completions(tokenizer, prompts, completions, device) -> Completions:
     width = max(map(len, ids))
     pad = tokenizer.pad_token_id
     completion_ids = torch.tensor([i + [pad] * (width - len(i)) for i in ids], device=device)
-    completion_mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
+    completion_mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids],
+                                   device=device)
     ended = torch.ones(len(ids), dtype=torch.bool, device=device)
     return Completions(list(prompts), list(completions), prompt_ids, prompt_mask,
                        completion_ids, completion_mask, ended, not_text_ids(tokenizer))

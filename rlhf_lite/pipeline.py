@@ -235,7 +235,8 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
         json.dump(history, f)
     plot.save(os.path.join(out, f"{method}.png"))
     curves = {"pretrain.png": ({"loss": losses or []}, "pretraining"),
-              "reward_model.png": ({"train loss": rm_history["train_loss"]}, "reward model: Bradley-Terry loss")}
+              "reward_model.png": ({"train loss": rm_history["train_loss"]},
+                                   "reward model: Bradley-Terry loss")}
     for name, (curve, title) in curves.items():
         figure = plot_curves(curve, title=title).figure
         figure.savefig(os.path.join(out, name), dpi=120, bbox_inches="tight")

@@ -65,17 +65,18 @@ class PPOConfig:
     """Episodes (prompt + sampled completion) per iteration; usually 32 to 512."""
     minibatch_size: int = 64
     """Episodes per gradient step; batch_size / minibatch_size steps per epoch. 8 to batch_size
-    (the default, one step an epoch, is TRL's num_mini_batches=1: largest matrices, fastest on a CPU)."""
+    (the default, one step an epoch, is TRL's num_mini_batches=1: largest matrices, fastest on
+    a CPU)."""
     ppo_epochs: int = 4
     """Passes over each batch; 1 to 4 (more reuses samples harder, and clips more)."""
     learning_rate: float = 5e-4
-    """Adam step size for policy and value model. 1e-6 to 1e-5 for large models; 1e-4 to 1e-3 here."""
+    """Adam step size for policy and value model. 1e-6 to 1e-5 for big models; 1e-4 to 1e-3 here."""
     max_new_tokens: int = 24
     """Longest completion; a completion cut here has no <eos> (see missing_eos_penalty)."""
     temperature: float = 1.0
     """Sampling temperature; 0.7 to 1. Log-probs are computed at the same temperature."""
     kl_coef: float = 0.1
-    """beta, the initial weight of the per-token KL penalty; 0.01 to 0.3. 0 turns the penalty off."""
+    """beta, the initial weight of the per-token KL penalty; 0.01 to 0.3. 0 turns it off."""
     kl_in: str = "reward"
     """Where the KL penalty acts: "reward" (-beta * k1 in every token's reward; Ziegler et al.
     2019, InstructGPT) or "loss" (beta * mean k3 added to the loss; GRPO). See ``kl_loss``."""
@@ -103,7 +104,7 @@ class PPOConfig:
     whiten_advantages: bool = True
     """Normalise advantages to mean 0, std 1 in each batch (Huang et al. 2024)."""
     clip_range: float | None = 0.2
-    """epsilon of the clipped policy loss; 0.1 to 0.3. None = no clipping (plain ratio objective)."""
+    """epsilon of the clipped policy loss; 0.1 to 0.3. None = unclipped (plain ratio objective)."""
     clip_range_value: float | None = 0.2
     """How far a value estimate may move from V_old per iteration; 0.1 to 0.3. None = unclipped."""
     value_coef: float = 0.1
@@ -131,18 +132,21 @@ class PPOConfig:
         for name in ("steps", "batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens",
                      "length_chunks"):
             if getattr(self, name) < 1:
-                raise ValueError(f"PPOConfig.{name} must be a positive integer, got {getattr(self, name)}")
+                raise ValueError(
+                    f"PPOConfig.{name} must be a positive integer, got {getattr(self, name)}")
         if self.kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"PPOConfig.kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
+            raise ValueError(
+                f"PPOConfig.kl_estimator must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
         if self.kl_in not in ("reward", "loss"):
             raise ValueError(f"PPOConfig.kl_in must be 'reward' or 'loss', got {self.kl_in!r}")
         if (self.kl_in == "reward") != (self.kl_estimator == "k1"):
             raise ValueError(
                 f"PPOConfig: kl_estimator={self.kl_estimator!r} with kl_in={self.kl_in!r} does "
-                "not pull the policy towards the reference: use k1 in the reward, or k3 (or k2) in the loss "
-                "(see ppo.kl_loss for why)")
+                "not pull the policy towards the reference: use k1 in the reward, or k3 (or k2) "
+                "in the loss (see ppo.kl_loss for why)")
         if self.value_init not in ("reward_model", "policy"):
-            raise ValueError(f"PPOConfig.value_init must be 'reward_model' or 'policy', got {self.value_init!r}")
+            raise ValueError(f"PPOConfig.value_init must be 'reward_model' or 'policy', "
+                             f"got {self.value_init!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +263,8 @@ def policy_loss(logp, logp_old, advantages, mask, clip_range: float | None = 0.2
         clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
         loss = aggregate(torch.max(unclipped, clipped), mask)
         clipfrac = masked_mean(((ratio - 1).abs() > clip_range).float(), mask)
-    approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)  # k3 (Schulman 2020), as CleanRL
+    # k3 (Schulman 2020), as CleanRL
+    approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
     return loss, clipfrac.detach(), approx_kl.detach()
 
 
@@ -377,7 +382,8 @@ class ValueModel(nn.Module):
 
     def forward(self, batch: Completions) -> torch.Tensor:
         ids, mask = batch.input_ids, batch.attention_mask
-        hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
+        hidden = self.backbone(input_ids=ids, attention_mask=mask,
+                               position_ids=position_ids(mask)).last_hidden_state
         values = self.head(hidden).squeeze(-1).float()
         if self.log_prob_gate is not None:     # + sum of g_i * a_i over the completion so far
             values = values + self.log_prob_gate(hidden, ids, completion_columns(batch)).cumsum(1)
@@ -439,7 +445,7 @@ def token_share(chunk_mask, minibatch_mask) -> torch.Tensor:
 
 @dataclasses.dataclass
 class Rollout:
-    """One batch of episodes and everything PPO computes from it (shapes in the module docstring)."""
+    """One batch of episodes and everything PPO computes from it (shapes: module docstring)."""
     batch: Completions
     logp: torch.Tensor
     logp_ref: torch.Tensor
@@ -485,8 +491,10 @@ class PPOTrainer:
         if not prompts:
             raise ValueError("PPOTrainer needs a non-empty list of training prompts")
         if not (is_reward_model(reward) or callable(reward)):
-            raise TypeError("reward must be a RewardModel or a function (prompts, completions) -> floats")
-        self.tokenizer, self.reward, self.gold_fn, self.prompts = tokenizer, reward, gold_fn, list(prompts)
+            raise TypeError("reward must be a RewardModel or a function "
+                            "(prompts, completions) -> floats")
+        self.tokenizer, self.reward, self.gold_fn = tokenizer, reward, gold_fn
+        self.prompts = list(prompts)
         self.device = next(policy.parameters()).device
         # data-parallel: each process takes an equal share of every batch and minibatch, and the
         # completions of one prompt (RLOO's and GRPO's group, samples_per_prompt) stay together
@@ -512,7 +520,8 @@ class PPOTrainer:
         self.optimizer = torch.optim.Adam([p for m in models for p in m.parameters()],
                                           lr=config.learning_rate, eps=1e-5,
                                           fused=self.device.type in ("cpu", "cuda"))
-        self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+        self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl,
+                                                   config.kl_horizon)
                               if config.adaptive_kl else FixedKLController(config.kl_coef))
         self.rng = random.Random(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -549,14 +558,18 @@ class PPOTrainer:
                                device=self.device)
 
     def _fit_reward_normalisation(self, n: int = 256) -> None:
-        """Gain and bias so the reward has mean 0, std 1 on the base model's samples (Ziegler et al. 2019)."""
+        """Gain and bias so the reward has mean 0, std 1 on the base model's samples
+        (Ziegler et al. 2019)."""
         prompts = [self.rng.choice(self.prompts) for _ in range(n)]
-        scores = self.raw_score(generate(self.reference, self.tokenizer, prompts, self.config.max_new_tokens,
-                                         self.config.temperature, seed=self.config.seed + 10_000))
-        self.reward_mean, self.reward_std = float(scores.mean()), float(scores.std().clamp(min=1e-6))
+        scores = self.raw_score(generate(self.reference, self.tokenizer, prompts,
+                                         self.config.max_new_tokens, self.config.temperature,
+                                         seed=self.config.seed + 10_000))
+        self.reward_mean = float(scores.mean())
+        self.reward_std = float(scores.std().clamp(min=1e-6))
 
     def logprobs(self, model, batch, return_entropy=False):
-        temperature = self.config.temperature if self.config.logprobs_at_sampling_temperature else 1.0
+        temperature = (self.config.temperature if self.config.logprobs_at_sampling_temperature
+                       else 1.0)
         with autocast(self.device):
             return completion_logprobs(model, batch, temperature, return_entropy)
 
@@ -576,7 +589,7 @@ class PPOTrainer:
         mask = batch.completion_mask.float()
         raw = self.raw_score(batch)
         scores = (raw - self.reward_mean) / self.reward_std
-        if cfg.missing_eos_penalty is not None:                 # Huang et al. 2024 ("EOS trick"), TRL
+        if cfg.missing_eos_penalty is not None:  # Huang et al. 2024 ("EOS trick"), TRL
             scores = scores - cfg.missing_eos_penalty * (~batch.ended).float()
         chunks = cfg.length_chunks
         logp, entropy = by_length(lambda b: self.logprobs(self.policy, b, True), batch, chunks)
@@ -590,7 +603,8 @@ class PPOTrainer:
         if cfg.whiten_rewards:                                   # TRL's whiten_rewards
             rewards = whiten(rewards, mask, shift_mean=False)
         advantages, returns = self.advantages(rewards, values, mask)
-        return Rollout(batch, logp, logp_ref, entropy, values, scores, raw, kl, rewards, advantages, returns)
+        return Rollout(batch, logp, logp_ref, entropy, values, scores, raw, kl, rewards, advantages,
+                       returns)
 
     def advantages(self, rewards, values, mask):
         """(A_t, R_t): GAE and the value targets; A_t whitened in the batch (Huang et al. 2024)."""
@@ -721,9 +735,11 @@ class PPOTrainer:
         for _ in (bar := tqdm(range(todo), desc=self.name, disable=quiet)):
             entry = self.step()
             bar.set_postfix(reward=f"{entry['reward']:.2f}", kl=f"{entry['kl']:.2f}",
-                            **({"gold": f"{entry['gold']:.2f}"} if entry["gold"] is not None else {}))
+                            **({"gold": f"{entry['gold']:.2f}"} if entry["gold"] is not None
+                               else {}))
             if plot is not None:
-                plot.update(entry["episodes"], **{k: v for k, v in entry.items() if isinstance(v, float)})
+                plot.update(entry["episodes"],
+                            **{k: v for k, v in entry.items() if isinstance(v, float)})
             log_step(callbacks, self.stage, self.iteration, entry)
             due = self.iteration % checkpoint_every == 0 or _ == todo - 1
             if checkpoint and due and parallel.is_main_process():    # one writer: process 0
@@ -777,10 +793,12 @@ def episode_steps(rollout: Rollout, i: int, tokenizer) -> list[dict]:
     n = int(rollout.batch.completion_mask[i].sum())
     actions = tokenizer.convert_ids_to_tokens(rollout.batch.completion_ids[i, :n].tolist())
     column = lambda x: x[i, :n].tolist()  # noqa: E731
-    return [dict(t=t, state=" ".join(actions[:t]), action=a, prob=p, prob_ref=q, kl=k, reward=r, value=v, advantage=adv)
+    return [dict(t=t, state=" ".join(actions[:t]), action=a, prob=p, prob_ref=q, kl=k, reward=r,
+                 value=v, advantage=adv)
             for t, (a, p, q, k, r, v, adv) in enumerate(zip(
-                actions, column(rollout.logp.exp()), column(rollout.logp_ref.exp()), column(rollout.kl),
-                column(rollout.rewards), column(rollout.values), column(rollout.advantages)))]
+                actions, column(rollout.logp.exp()), column(rollout.logp_ref.exp()),
+                column(rollout.kl), column(rollout.rewards), column(rollout.values),
+                column(rollout.advantages)))]
 
 
 PLOT_METRICS = ("reward", "gold", "kl", "entropy", "clipfrac", "explained_variance")

@@ -100,7 +100,8 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, tie=Non
     mean is over the pairs of every process (``parallel.per_process``).
     """
     d = r_chosen - r_rejected
-    tie = torch.zeros_like(d, dtype=torch.bool) if tie is None else torch.as_tensor(tie, device=d.device).bool()
+    tie = (torch.zeros_like(d, dtype=torch.bool) if tie is None
+           else torch.as_tensor(tie, device=d.device).bool())
     both_bad = (torch.zeros_like(d, dtype=torch.bool) if both_bad is None
                 else torch.as_tensor(both_bad, device=d.device).bool())
     m = torch.as_tensor(margin, dtype=d.dtype, device=d.device).expand_as(d)
@@ -162,8 +163,9 @@ class RewardModel(torch.nn.Module):
                  log_prob_gate: LogProbGate | None = None):
         super().__init__()
         if not hasattr(model, "score") or model.config.num_labels != 1:
-            raise ValueError("RewardModel needs a ...ForSequenceClassification with num_labels=1 and a "
-                             "'score' head; build one with RewardModel.from_base(base_model, tokenizer)")
+            raise ValueError("RewardModel needs a ...ForSequenceClassification with num_labels=1 "
+                             "and a 'score' head; build one with "
+                             "RewardModel.from_base(base_model, tokenizer)")
         self.model, self.tokenizer = model, tokenizer
         self.mean, self.std = float(mean), float(std)
         self.log_prob_gate = log_prob_gate
@@ -219,7 +221,8 @@ class RewardModel(torch.nn.Module):
         return (raw - self.mean) / self.std
 
     @torch.no_grad()
-    def score_completions(self, batch: Completions, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
+    def score_completions(self, batch: Completions, normalize: bool = True,
+                          batch_size: int = 64) -> torch.Tensor:
         """Rewards (B,) for a ``Completions`` batch (from ``generate`` or ``encode_completions``),
         without re-tokenising. Normalised unless ``normalize=False``. On the batch's device.
         A completion cut off before <eos> (``ended`` False) is read at its last token."""
@@ -233,16 +236,18 @@ class RewardModel(torch.nn.Module):
         return (self.normalise(raw) if normalize else raw).to(batch.prompt_ids.device)
 
     @torch.no_grad()
-    def score(self, prompts, completions, normalize: bool = True, batch_size: int = 64) -> torch.Tensor:
-        """Rewards (B,) of ``completions`` (texts) as answers to ``prompts``, each closed with <eos>."""
+    def score(self, prompts, completions, normalize: bool = True,
+              batch_size: int = 64) -> torch.Tensor:
+        """Rewards (B,) of ``completions`` (texts) answering ``prompts``, each closed with <eos>."""
         prompts, completions = list(prompts), list(completions)
         if len(prompts) != len(completions):
-            raise ValueError(f"score got {len(prompts)} prompts but {len(completions)} completions; "
-                             "give one prompt per completion")
+            raise ValueError(f"score got {len(prompts)} prompts but {len(completions)} "
+                             "completions; give one prompt per completion")
         if not prompts:
             return torch.zeros(0)
         return torch.cat([self.score_completions(encode_completions(
-            self.tokenizer, prompts[i:i + batch_size], completions[i:i + batch_size], self.device), normalize)
+            self.tokenizer, prompts[i:i + batch_size], completions[i:i + batch_size],
+            self.device), normalize)
             for i in range(0, len(prompts), batch_size)]).cpu()
 
     def __call__(self, *args, **kwargs):
@@ -325,7 +330,8 @@ class RewardModel(torch.nn.Module):
 def split_comparisons(comparisons, heldout: float = 0.1, seed: int = 0):
     """(train, held-out) comparisons: a seeded random split, the one ``train_reward_model`` uses."""
     if not 0.0 <= heldout < 1.0:
-        raise ValueError(f"heldout is the fraction of pairs kept for evaluation, in [0, 1); got {heldout}")
+        raise ValueError(
+            f"heldout is the fraction of pairs kept for evaluation, in [0, 1); got {heldout}")
     comparisons = list(comparisons)
     order = list(range(len(comparisons)))
     random.Random(seed).shuffle(order)
@@ -340,7 +346,8 @@ def encode_pairs(tokenizer, comparisons, device):
     prompts = [c.prompt for c in comparisons]
     texts = [c.chosen for c in comparisons] + [c.rejected for c in comparisons]
     batch = encode_completions(tokenizer, prompts + prompts, texts, device)
-    flags = torch.tensor([[c.tie, c.both_bad] for c in comparisons], dtype=torch.bool, device=device)
+    flags = torch.tensor([[c.tie, c.both_bad] for c in comparisons], dtype=torch.bool,
+                         device=device)
     return (batch.input_ids, batch.attention_mask, completion_columns(batch),
             flags[:, 0], flags[:, 1])
 
@@ -441,7 +448,8 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     seed_everything(seed)
     train, held = split_comparisons(comparisons, heldout, seed)
     if not train:
-        raise ValueError("no pairs to train on: give comparisons (e.g. make_preference_dataset(...))")
+        raise ValueError("no pairs to train on: give comparisons "
+                         "(e.g. make_preference_dataset(...))")
     lr = lr if lr is not None else (5e-4 if read_log_probs else 2e-3)
     reward_model = RewardModel.from_base(base_model, tokenizer, seed, read_log_probs)
     reward_model = reward_model.to(device).train()
@@ -474,8 +482,8 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
             schedule.step()
             history["step"].append(len(history["step"]) + 1)
             history["train_loss"].append(parallel.average(loss.detach()).item())
-            history["train_accuracy"].append(preference_accuracy(r_chosen.detach(), r_rejected.detach(),
-                                                                 tie[rows], both_bad[rows]))
+            history["train_accuracy"].append(preference_accuracy(
+                r_chosen.detach(), r_rejected.detach(), tie[rows], both_bad[rows]))
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
             log_step(callbacks, "reward_model", history["step"][-1],
@@ -485,10 +493,12 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
             r_chosen, r_rejected = pair_rewards(reward_model, held)
             flags = torch.tensor([[c.tie, c.both_bad] for c in held], dtype=torch.bool)
             history["epoch"].append(epoch)
-            history["heldout_loss"].append(bradley_terry_loss(r_chosen, r_rejected, flags[:, 0], flags[:, 1],
-                                                              margin).item())
-            history["heldout_accuracy"].append(preference_accuracy(r_chosen, r_rejected, flags[:, 0], flags[:, 1]))
-            bar.set_postfix(loss=f"{loss.item():.3f}", heldout_acc=f"{history['heldout_accuracy'][-1]:.3f}")
+            history["heldout_loss"].append(bradley_terry_loss(
+                r_chosen, r_rejected, flags[:, 0], flags[:, 1], margin).item())
+            history["heldout_accuracy"].append(preference_accuracy(
+                r_chosen, r_rejected, flags[:, 0], flags[:, 1]))
+            bar.set_postfix(loss=f"{loss.item():.3f}",
+                            heldout_acc=f"{history['heldout_accuracy'][-1]:.3f}")
             log_step(callbacks, "reward_model", history["step"][-1],
                      {"heldout_loss": history["heldout_loss"][-1],
                       "heldout_accuracy": history["heldout_accuracy"][-1]})
@@ -541,7 +551,8 @@ def shortfall_by_style(world, labeler, comparisons, r_chosen, r_rejected) -> lis
     groups = {}
     for i, c in enumerate(comparisons):
         if not (c.tie or c.both_bad):
-            styles = tuple(sorted((world.style(c.prompt, c.chosen), world.style(c.prompt, c.rejected))))
+            styles = tuple(sorted((world.style(c.prompt, c.chosen),
+                                   world.style(c.prompt, c.rejected))))
             groups.setdefault(styles, []).append(i)
     total = sum(map(len, groups.values()))
     rows = []
@@ -557,8 +568,9 @@ def shortfall_by_style(world, labeler, comparisons, r_chosen, r_rejected) -> lis
 def gold_agreement(world, comparisons, r_chosen, r_rejected, criteria="helpful") -> float:
     """Share of pairs, among those the gold judge does not see as equal, that the reward model
     orders the way gold does: sign(r_chosen - r_rejected) == sign(u_chosen - u_rejected)."""
-    u_chosen = torch.tensor(world.gold_many([c.prompt for c in comparisons], [c.chosen for c in comparisons], criteria))
-    u_rejected = torch.tensor(world.gold_many([c.prompt for c in comparisons], [c.rejected for c in comparisons], criteria))
+    prompts = [c.prompt for c in comparisons]
+    u_chosen = torch.tensor(world.gold_many(prompts, [c.chosen for c in comparisons], criteria))
+    u_rejected = torch.tensor(world.gold_many(prompts, [c.rejected for c in comparisons], criteria))
     differ = (u_chosen - u_rejected).abs() > 1e-9
     agree = torch.sign(r_chosen - r_rejected) == torch.sign(u_chosen - u_rejected)
     return agree[differ].float().mean().item() if differ.any() else float("nan")

@@ -19,7 +19,8 @@ def test_tokenizer_round_trip(world, tmp_path):
         ids = tokenizer(answer, add_special_tokens=False).input_ids
         assert tokenizer.unk_token_id not in ids, answer
         assert tokenizer.decode(ids) == answer  # words and punctuation come back as written
-        assert tokenizer(prompt).input_ids == tokenizer(tokenizer.decode(tokenizer(prompt).input_ids)).input_ids
+        prompt_ids = tokenizer(prompt).input_ids
+        assert prompt_ids == tokenizer(tokenizer.decode(prompt_ids)).input_ids
     tokenizer.save_pretrained(tmp_path)
     from transformers import AutoTokenizer
     again = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
@@ -66,7 +67,8 @@ def test_base_model_reproduces_the_corpus_style_mix(world, base):
     texts = generate(model, tokenizer, prompts, max_new_tokens=48, seed=0).texts
     counts = collections.Counter(world.style(p, t) for p, t in zip(prompts, texts))
     for style, share in STYLE_MIX.items():
-        assert abs(counts[style] / len(texts) - share) < 0.05, (style, counts[style] / len(texts), share)
+        share_seen = counts[style] / len(texts)
+        assert abs(share_seen - share) < 0.05, (style, share_seen, share)
     assert counts["other"] / len(texts) < 0.03
 
 
@@ -74,7 +76,8 @@ def test_save_load_round_trip_gives_identical_logits(base, tmp_path):
     model, tokenizer = base
     save_model(model, tokenizer, tmp_path / "m")
     again, tok2 = load_model(tmp_path / "m", device="cpu")
-    ids = tokenizer(["Question: What is the capital of Peru? Answer: Lima."], return_tensors="pt").input_ids
+    ids = tokenizer(["Question: What is the capital of Peru? Answer: Lima."],
+                    return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(model.cpu()(ids).logits, again(ids).logits)
     assert tok2.get_vocab() == tokenizer.get_vocab()
@@ -117,7 +120,8 @@ def test_left_padding_does_not_change_log_probs(world, base):
     short = "Question: What is the capital of Peru? Answer:"
     long = "Question: Which word means the opposite of early? Answer:"
     alone = encode_completions(tokenizer, [short], ["Lima."], "cpu")
-    padded = encode_completions(tokenizer, [short, long], ["Lima.", "The opposite of early is late."], "cpu")
+    padded = encode_completions(tokenizer, [short, long],
+                                ["Lima.", "The opposite of early is late."], "cpu")
     assert padded.prompt_mask[0, 0] == 0  # the short prompt really was left-padded
     with torch.no_grad():
         a = completion_logprobs(model.cpu(), alone)[0, :3]

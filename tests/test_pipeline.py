@@ -49,7 +49,7 @@ def test_pipeline_writes_metrics_plots_and_models(base, tmp_path, capsys):
     assert ppo["gold_win_rate_n"] == 16 * ppo["gold_win_rate_prompts"]
     assert metrics["ppo"]["episodes"] == 2 * 64
     assert 0.0 <= metrics["reward_model"]["heldout_accuracy"] <= 1.0
-    assert -1.0 < metrics["ppo"]["final_kl"] < 5.0     # the k1 estimate of one batch: near 0 after 2 steps
+    assert -1.0 < metrics["ppo"]["final_kl"] < 5.0  # one batch's k1 estimate: near 0 after 2 steps
     assert metrics["ppo"]["initial_gold"] is not None
     assert metrics["method"] == "ppo" and metrics["ppo"] == metrics["rl"]
     low, high = metrics["ppo"]["gold_win_rate_vs_base_ci95"]
@@ -57,8 +57,8 @@ def test_pipeline_writes_metrics_plots_and_models(base, tmp_path, capsys):
     stages = {k: v for k, v in metrics["stage_seconds"].items() if k != "ppo"}   # ppo = rl
     assert metrics["stage_seconds"]["ppo"] == stages["rl"]
     assert metrics["seconds"] >= sum(stages.values()) - 0.1
-    for name in ("pretrain.png", "reward_model.png", "ppo.png", "comparisons.jsonl", "ppo_history.json",
-                 "reward_model/normalization.json", "policy/config.json"):
+    for name in ("pretrain.png", "reward_model.png", "ppo.png", "comparisons.jsonl",
+                 "ppo_history.json", "reward_model/normalization.json", "policy/config.json"):
         assert (out / name).stat().st_size > 0, name
     assert len((out / "comparisons.jsonl").read_text().splitlines()) == 60
 
@@ -78,14 +78,16 @@ def test_pipeline_with_a_critic_free_method(method, base, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--task", "poetry"], "argument --task: invalid choice: 'poetry' (choose from 'summaries', 'trivia')"),
+    (["--task", "poetry"],
+     "argument --task: invalid choice: 'poetry' (choose from 'summaries', 'trivia')"),
     (["--criteria", "kind"], "argument --criteria: invalid choice: 'kind'"),
     (["--pairs", "0"], "argument --pairs: expected a positive whole number, got 0"),
     (["--ppo-steps", "ten"], "argument --ppo-steps: expected a positive whole number, got 'ten'"),
     (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
     (["--threads", "-1"], "argument --threads: expected a positive whole number, got -1"),
     (["--device", "gpu"], "argument --device: unknown device 'gpu'; use 'cpu', 'cuda' or 'cuda:N'"),
-    (["--method", "dpo"], "argument --method: invalid choice: 'dpo' (choose from 'ppo', 'rloo', 'grpo')"),
+    (["--method", "dpo"],
+     "argument --method: invalid choice: 'dpo' (choose from 'ppo', 'rloo', 'grpo')"),
 ])
 def test_bad_arguments_get_a_clear_error(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -105,7 +107,8 @@ def test_python_dash_m_entry_point_rejects_bad_arguments(tmp_path):
     run = subprocess.run([sys.executable, "-m", "rlhf_lite", "pipeline", "--out", str(tmp_path),
                           "--pairs", "-5"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 2, run.stderr
-    assert "rlhf-lite pipeline: error: argument --pairs: expected a positive whole number, got -5" in run.stderr
+    assert ("rlhf-lite pipeline: error: argument --pairs: "
+            "expected a positive whole number, got -5" in run.stderr)
 
 
 def save_tiny_llama(world, path, context=128, pad=True, eos=True):

@@ -19,9 +19,11 @@ def test_gae_matches_a_hand_computation():
     values = torch.tensor([[0.5, 0.2, 0.4], [1.0, -1.0, 3.0]])   # 3.0 sits on padding: ignored
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     advantages, returns = gae(rewards, values, mask, gamma=0.9, lam=0.8)
-    # episode 1: delta_2 = 1 - 0.4 = 0.6; delta_1 = 0.9*0.4 - 0.2 = 0.16; delta_0 = 0.9*0.2 - 0.5 = -0.32
+    # episode 1: delta_2 = 1 - 0.4 = 0.6; delta_1 = 0.9*0.4 - 0.2 = 0.16;
+    #   delta_0 = 0.9*0.2 - 0.5 = -0.32
     #   A_2 = 0.6, A_1 = 0.16 + 0.72*0.6 = 0.592, A_0 = -0.32 + 0.72*0.592 = 0.10624
-    # episode 2: delta_1 = 2 - (-1) = 3 (no value after the last token); delta_0 = 0.5 + 0.9*(-1) - 1 = -1.4
+    # episode 2: delta_1 = 2 - (-1) = 3 (no value after the last token);
+    #   delta_0 = 0.5 + 0.9*(-1) - 1 = -1.4
     #   A_1 = 3, A_0 = -1.4 + 0.72*3 = 0.76
     assert torch.allclose(advantages, torch.tensor([[0.10624, 0.592, 0.6], [0.76, 3.0, 0.0]]))
     assert torch.allclose(returns, torch.tensor([[0.60624, 0.792, 1.0], [1.76, 2.0, 0.0]]))
@@ -35,23 +37,28 @@ def test_clipped_objective_matches_a_hand_computation():
     advantages = torch.tensor([[1.0, 1.0, -2.0, -1.0, 5.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])               # the last token is padding
     logp_old = torch.tensor([[-1.0, -2.0, -0.5, -3.0, -1.0]])
-    loss, clipfrac, approx_kl = policy_loss(logp_old + ratios.log(), logp_old, advantages, mask, clip_range=0.2)
+    loss, clipfrac, approx_kl = policy_loss(logp_old + ratios.log(), logp_old, advantages, mask,
+                                            clip_range=0.2)
     # min(rho A, clip(rho, 0.8, 1.2) A): min(1.5, 1.2) = 1.2; min(0.5, 0.8) = 0.5;
     # min(-2.2, -2.2) = -2.2; min(-0.5, -0.8) = -0.8. Loss = -mean = -(1.2 + 0.5 - 2.2 - 0.8) / 4
     assert torch.isclose(loss, torch.tensor(1.3 / 4))
-    assert torch.isclose(clipfrac, torch.tensor(3 / 4))              # 1.5, 0.5 and 0.5 lie outside [0.8, 1.2]
+    assert torch.isclose(clipfrac, torch.tensor(3 / 4))  # 1.5, 0.5 and 0.5 lie outside [0.8, 1.2]
     r = ratios[0, :4]
     assert torch.isclose(approx_kl, ((r - 1) - r.log()).mean())
     loss, _, _ = policy_loss(logp_old + ratios.log(), logp_old, advantages, mask, clip_range=None)
-    assert torch.isclose(loss, -(1.5 + 0.5 - 2.2 - 0.5) / torch.tensor(4.0))   # no clipping: -mean(rho A)
+    # no clipping: -mean(rho A)
+    assert torch.isclose(loss, -(1.5 + 0.5 - 2.2 - 0.5) / torch.tensor(4.0))
 
 
 def test_clipped_value_loss_matches_a_hand_computation():
     values, values_old = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.1]])
     returns, mask = torch.tensor([[2.0, 0.0]]), torch.ones(1, 2)
-    # token 0: V moved 0.5 > 0.2, so V_clip = 0.7: max((1-2)^2, (0.7-2)^2) = 1.69; token 1: max(0, 0) = 0
-    assert torch.isclose(value_loss(values, values_old, returns, mask, 0.2), torch.tensor(0.5 * 1.69 / 2))
-    assert torch.isclose(value_loss(values, values_old, returns, mask, None), torch.tensor(0.5 * 1.0 / 2))
+    # token 0: V moved 0.5 > 0.2, so V_clip = 0.7: max((1-2)^2, (0.7-2)^2) = 1.69;
+    # token 1: max(0, 0) = 0
+    assert torch.isclose(value_loss(values, values_old, returns, mask, 0.2),
+                         torch.tensor(0.5 * 1.69 / 2))
+    assert torch.isclose(value_loss(values, values_old, returns, mask, None),
+                         torch.tensor(0.5 * 1.0 / 2))
 
 
 def test_kl_estimators_and_per_token_rewards():
@@ -63,7 +70,8 @@ def test_kl_estimators_and_per_token_rewards():
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.0, 0.0]])
     rewards = per_token_rewards(torch.tensor([1.0, -2.0]), kl, mask, kl_coef=0.5)
-    assert torch.allclose(rewards, torch.tensor([[-0.05, -0.1, -0.15 + 1.0], [-0.2 - 2.0, 0.0, 0.0]]))
+    assert torch.allclose(rewards, torch.tensor([[-0.05, -0.1, -0.15 + 1.0],
+                                                 [-0.2 - 2.0, 0.0, 0.0]]))
 
 
 def test_whiten_and_adaptive_kl_controller():
@@ -156,9 +164,10 @@ def test_k3_in_the_loss_holds_the_kl_as_k1_in_the_reward_does(world, base):
 
 def test_every_detail_can_be_switched_off(world, base):
     model, tokenizer = base
-    config = PPOConfig(batch_size=16, minibatch_size=8, ppo_epochs=1, kl_coef=0.0, adaptive_kl=False,
-                       missing_eos_penalty=None, normalize_reward=False, whiten_advantages=False, clip_range=None,
-                       clip_range_value=None, max_grad_norm=None, logprobs_at_sampling_temperature=False,
+    config = PPOConfig(batch_size=16, minibatch_size=8, ppo_epochs=1, kl_coef=0.0,
+                       adaptive_kl=False, missing_eos_penalty=None, normalize_reward=False,
+                       whiten_advantages=False, clip_range=None, clip_range_value=None,
+                       max_grad_norm=None, logprobs_at_sampling_temperature=False,
                        disable_dropout=False, temperature=0.8, lam=1.0)
     trainer = PPOTrainer(model, tokenizer, gold(world), world.prompts, config)
     entry = trainer.step()
@@ -172,7 +181,8 @@ def reward_model(world, base):
     model, tokenizer = base
     labeler = SimulatedLabeler(world, "helpful", seed=0)
     comparisons = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=600, seed=0)
-    reward_model, _ = train_reward_model(model, tokenizer, comparisons, max_new_tokens=world.max_new_tokens)
+    reward_model, _ = train_reward_model(model, tokenizer, comparisons,
+                                         max_new_tokens=world.max_new_tokens)
     return reward_model
 
 
@@ -186,7 +196,7 @@ def test_short_ppo_run_raises_reward_model_score_and_gold(world, base, reward_mo
     last = {k: sum(e[k] for e in history[-2:]) / 2 for k in ("reward", "gold")}
     assert last["reward"] > first["reward"] + 0.5, (first, last)
     assert last["gold"] > first["gold"] + 1.0, (first, last)
-    assert history[-1]["kl"] < 10.0                      # nats per completion: still near the reference
+    assert history[-1]["kl"] < 10.0  # nats per completion: still near the reference
     # the caller's model is still the base model: the trainer trained a copy
     for p, q in zip(model.parameters(), trainer.reference.parameters()):
         assert torch.equal(p, q)

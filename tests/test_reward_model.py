@@ -28,10 +28,12 @@ def test_loss_equals_hand_computation():
     assert bradley_terry_loss(r_chosen, r_rejected).item() == pytest.approx(by_hand, rel=1e-6)
     # margin: -log sigmoid(d - m)
     with_margin = -(math.log(sig(1.5 - 1)) + math.log(sig(-1.0 - 1)) + math.log(sig(-1))) / 3
-    assert bradley_terry_loss(r_chosen, r_rejected, margin=1.0).item() == pytest.approx(with_margin, rel=1e-6)
+    assert (bradley_terry_loss(r_chosen, r_rejected, margin=1.0).item()
+            == pytest.approx(with_margin, rel=1e-6))
     # a tie is the cross-entropy against 1/2; a both-bad pair is left out of the mean
     tie_term = -0.5 * (math.log(sig(-1.0)) + math.log(sig(1.0)))
-    loss = bradley_terry_loss(r_chosen, r_rejected, tie=[False, True, False], both_bad=[False, False, True])
+    loss = bradley_terry_loss(r_chosen, r_rejected, tie=[False, True, False],
+                              both_bad=[False, False, True])
     assert loss.item() == pytest.approx((-math.log(sig(1.5)) + tie_term) / 2, rel=1e-6)
 
 
@@ -39,7 +41,8 @@ def test_gradient_pushes_chosen_up_and_rejected_down():
     r_chosen = torch.tensor([0.3, -1.0, 2.0], requires_grad=True)
     r_rejected = torch.tensor([0.0, 1.0, -2.0], requires_grad=True)
     bradley_terry_loss(r_chosen, r_rejected).backward()
-    assert (r_chosen.grad < 0).all() and (r_rejected.grad > 0).all()  # descent: chosen up, rejected down
+    # descent: chosen up, rejected down
+    assert (r_chosen.grad < 0).all() and (r_rejected.grad > 0).all()
     assert torch.allclose(r_chosen.grad, -r_rejected.grad)
     # the push fades once the gap is large: the third pair is already well separated
     assert r_chosen.grad[2].abs() < r_chosen.grad[0].abs() < r_chosen.grad[1].abs()
@@ -126,11 +129,14 @@ def test_score_ignores_padding(fresh_reward_model, world):
     rm = fresh_reward_model
     short, long = world.prompts[0], max(world.prompts, key=len)
     alone = rm.score([short], ["Paris."], normalize=False)
-    together = rm.score([short, long], ["Paris.", "Well, let me think. " * 4 + "The sky is blue."], normalize=False)
+    together = rm.score([short, long], ["Paris.", "Well, let me think. " * 4 + "The sky is blue."],
+                        normalize=False)
     assert torch.allclose(alone, together[:1], atol=1e-5)
-    batch = encode_completions(rm.tokenizer, [short, long], ["Paris.", "Whatever. Yes yes yes yes."], rm.device)
+    batch = encode_completions(rm.tokenizer, [short, long],
+                               ["Paris.", "Whatever. Yes yes yes yes."], rm.device)
     garbage = batch.input_ids.masked_fill(batch.attention_mask == 0, rm.tokenizer.eos_token_id)
-    assert torch.allclose(rm(batch.input_ids, batch.attention_mask), rm(garbage, batch.attention_mask), atol=1e-5)
+    assert torch.allclose(rm(batch.input_ids, batch.attention_mask),
+                          rm(garbage, batch.attention_mask), atol=1e-5)
 
 
 def test_score_reads_the_eos_and_the_prompt(fresh_reward_model, world):
@@ -154,9 +160,11 @@ def test_any_causal_lm_and_a_pad_that_is_eos(world, tmp_path):
     llama = tiny_llama(tokenizer, layers=2, heads=4)
     rm = RewardModel.from_base(llama, tokenizer)
     torch.nn.init.normal_(rm.model.score.weight)
-    prompts, texts = [world.prompts[0], max(world.prompts, key=len)], ["Paris.", "Well, let me think. " * 3]
+    prompts = [world.prompts[0], max(world.prompts, key=len)]
+    texts = ["Paris.", "Well, let me think. " * 3]
     together = rm.score(prompts, texts, normalize=False)
-    assert torch.allclose(together[:1], rm.score(prompts[:1], texts[:1], normalize=False), atol=1e-5)
+    assert torch.allclose(together[:1], rm.score(prompts[:1], texts[:1], normalize=False),
+                          atol=1e-5)
     batch = encode_completions(tokenizer, prompts[:1], texts[:1], rm.device)
     with torch.no_grad():
         hidden = rm.model.base_model(input_ids=batch.input_ids).last_hidden_state
@@ -223,12 +231,14 @@ def trained(base, world):
 def test_training_history_and_normalisation(trained, base, world):
     reward_model, history, _ = trained
     assert history["n_train"] == 900 and history["n_heldout"] == 100
-    assert len(history["train_loss"]) == len(history["step"]) and len(history["heldout_accuracy"]) == len(history["epoch"])
+    assert len(history["train_loss"]) == len(history["step"])
+    assert len(history["heldout_accuracy"]) == len(history["epoch"])
     first, last = history["train_loss"][:5], history["train_loss"][-5:]
     assert sum(last) < sum(first)
     # rewards of fresh base-model samples: mean ~0, std ~1
     model, tokenizer = base
-    samples = generate(model, tokenizer, world.split_prompts()[0][:128] * 2, world.max_new_tokens, seed=123)
+    samples = generate(model, tokenizer, world.split_prompts()[0][:128] * 2, world.max_new_tokens,
+                       seed=123)
     rewards = reward_model.score_completions(samples)
     assert abs(rewards.mean().item()) < 0.25 and 0.75 < rewards.std().item() < 1.25
 
@@ -256,7 +266,7 @@ def test_heldout_accuracy_against_labels_gold_and_ceiling(trained, result, label
     _, _, heldout = trained
     ceiling = noise_ceiling(labeler, heldout)
     assert result["noise_ceiling_accuracy"] == ceiling and 0.8 < ceiling < 0.95
-    # far above chance, agrees with gold more than it agrees with the noisy labels, never above the ceiling
+    # far above chance, agrees with gold more than with the noisy labels, never above the ceiling
     assert result["accuracy"] > 0.65
     assert result["gold_agreement"] > result["accuracy"]
     assert result["accuracy"] < ceiling + 0.03
@@ -276,7 +286,8 @@ def test_shortfall_by_style_splits_the_gap(trained, result, world, labeler):
     reward_model, _, heldout = trained
     rows = shortfall_by_style(world, labeler, heldout, *pair_rewards(reward_model, heldout))
     gap = 100 * (result["noise_ceiling_accuracy"] - result["accuracy"])
-    assert sum(r["points"] for r in rows) == pytest.approx(gap, abs=1e-4)  # evaluate averages in float32
+    # abs=1e-4: evaluate averages in float32
+    assert sum(r["points"] for r in rows) == pytest.approx(gap, abs=1e-4)
     assert sum(r["pairs"] for r in rows) == sum(not (c.tie or c.both_bad) for c in heldout)
     assert [r["points"] for r in rows] == sorted((r["points"] for r in rows), reverse=True)
     # by hand: a pair the model gets right and one it gets wrong, both of certain outcome
@@ -284,10 +295,12 @@ def test_shortfall_by_style_splits_the_gap(trained, result, world, labeler):
     pairs = [Comparison(p, "The capital of France is Paris.", "Ugh, paris. Obviously."),
              Comparison(p, "The capital of France is Paris.", "I do not know.")]
     careful = SimulatedLabeler(world, "helpful", temperature=0.01)
-    rows = shortfall_by_style(world, careful, pairs, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+    rows = shortfall_by_style(world, careful, pairs, torch.tensor([1.0, 0.0]),
+                              torch.tensor([0.0, 1.0]))
     by = {r["styles"]: r for r in rows}
-    assert by[("rude", "sentence")]["accuracy"] == 1 and by[("rude", "sentence")]["points"] == pytest.approx(0)
-    assert by[("evasive", "sentence")]["accuracy"] == 0 and by[("evasive", "sentence")]["points"] == pytest.approx(50)
+    rude, evasive = by[("rude", "sentence")], by[("evasive", "sentence")]
+    assert rude["accuracy"] == 1 and rude["points"] == pytest.approx(0)
+    assert evasive["accuracy"] == 0 and evasive["points"] == pytest.approx(50)
 
 
 def test_helpful_ranks_correct_polite_answers_above_rude_and_wrong(trained, world):
@@ -314,7 +327,8 @@ def test_noise_ceiling_follows_the_labelers_definition(world):
     assert noise_ceiling(careful, pairs) == pytest.approx(1.0, abs=1e-6)
     assert noise_ceiling(sloppy, pairs) == pytest.approx(0.5, abs=0.02)
     u = world.gold(p, pairs[0].chosen) - world.gold(p, pairs[0].rejected)
-    assert noise_ceiling(SimulatedLabeler(world, "helpful"), pairs) == pytest.approx(1 / (1 + math.exp(-abs(u))))
+    assert (noise_ceiling(SimulatedLabeler(world, "helpful"), pairs)
+            == pytest.approx(1 / (1 + math.exp(-abs(u)))))
 
 
 def test_noise_ceiling_of_a_side_blind_model_under_a_position_bias(world):
@@ -362,7 +376,8 @@ def test_save_and_load_round_trip(trained, tmp_path, world):
     loaded = RewardModel.load(tmp_path / "rm")
     assert (loaded.mean, loaded.std) == (reward_model.mean, reward_model.std)
     prompts, texts = [c.prompt for c in heldout[:20]], [c.chosen for c in heldout[:20]]
-    assert torch.allclose(loaded.score(prompts, texts), reward_model.score(prompts, texts), atol=1e-5)
+    assert torch.allclose(loaded.score(prompts, texts), reward_model.score(prompts, texts),
+                          atol=1e-5)
     assert torch.allclose(loaded(prompts, texts), loaded.score(prompts, texts))
     assert loaded.log_prob_gate.lm_head.weight is loaded.model.get_input_embeddings().weight  # tied
     # a folder without the gate (a reward model trained elsewhere, e.g. by TRL): the last token only
