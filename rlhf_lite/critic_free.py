@@ -225,12 +225,12 @@ class CriticFreeTrainer(PPOTrainer):
     def aggregate(self, x, mask):
         return aggregate(x, mask, self.config.loss_aggregation, self.config.max_new_tokens)
 
-    def chunk_weight(self, chunk_mask, minibatch_mask):
+    def chunk_weight(self, tokens, chunk_mask, minibatch_mask):
         """Per-completion aggregations are means over completions: a chunk weighs its rows. In a
         data-parallel run every process holds n / W rows of a minibatch of n, so DDP's average
         of the processes' gradients is the gradient of the mean over all n (``parallel``)."""
         if self.config.loss_aggregation == "token":
-            return super().chunk_weight(chunk_mask, minibatch_mask)
+            return tokens
         return torch.tensor(len(chunk_mask) / len(minibatch_mask))
 
     def diagnostics(self, ro) -> dict:

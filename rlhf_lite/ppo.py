@@ -434,13 +434,14 @@ def by_length(fn, batch: Completions, n_chunks: int):
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def token_share(chunk_mask, minibatch_mask) -> torch.Tensor:
+def token_share(chunk_mask, n) -> torch.Tensor:
     """n_chunk / n: a length chunk's share of the real tokens of its minibatch, the weight of
-    the chunk's token mean. In a data-parallel run of W processes n is the real tokens of the
-    whole minibatch (every process's share) divided by W (``parallel.per_process``): a
-    process's weighted chunk means then add up to sum_(its tokens) l_t / (n / W), and DDP's
-    average of their gradients is the gradient of the whole minibatch's token mean."""
-    return chunk_mask.sum() / parallel.per_process(minibatch_mask.sum())
+    the chunk's token mean. n = ``parallel.per_process(minibatch_mask.sum())``, computed once a
+    minibatch: in a data-parallel run of W processes it is the real tokens of the whole
+    minibatch (every process's share) divided by W, so a process's weighted chunk means add up
+    to sum_(its tokens) l_t / (n / W), and DDP's average of their gradients is the gradient of
+    the whole minibatch's token mean. With one process n is the minibatch's real tokens."""
+    return chunk_mask.sum() / n
 
 
 @dataclasses.dataclass
@@ -620,11 +621,11 @@ class PPOTrainer:
         """Per-token loss terms to one number: the mean over every real token of the minibatch."""
         return masked_mean(x, mask)
 
-    def chunk_weight(self, chunk_mask, minibatch_mask) -> torch.Tensor:
-        """A length chunk's share of the minibatch under ``aggregate``: its share of the real
-        tokens, for the token mean (``token_share``). Chunk losses times their weights add up to
-        the minibatch's."""
-        return token_share(chunk_mask, minibatch_mask)
+    def chunk_weight(self, tokens, chunk_mask, minibatch_mask) -> torch.Tensor:
+        """A length chunk's share of the minibatch under ``aggregate``: ``tokens``, its share of
+        the real tokens (``token_share``), for the token mean. Chunk losses times their weights
+        add up to the minibatch's."""
+        return tokens
 
     def update(self, ro: Rollout) -> dict:
         """``ppo_epochs`` passes of minibatch steps on the clipped policy and value losses."""
@@ -638,12 +639,14 @@ class PPOTrainer:
             for idx in order.split(cfg.minibatch_size // parallel.processes()):
                 self.optimizer.zero_grad(set_to_none=True)
                 totals = collections.Counter()
+                n_tokens = parallel.per_process(mask[idx].sum())    # once a minibatch
                 for rows, width in length_chunks(ro.batch, idx, cfg.length_chunks):
                     # each chunk's loss, weighted by its share of the minibatch, adds up to the
                     # minibatch's loss: the gradient is that of one pass (see by_length)
                     minibatch, m = take(ro.batch, rows, width), mask[rows, :width]
-                    weight = self.chunk_weight(m, mask[idx])
-                    tokens = float(token_share(m, mask[idx]))          # for the token means
+                    share = token_share(m, n_tokens)                   # for the token means
+                    weight = self.chunk_weight(share, m, mask[idx])
+                    tokens = float(share)
                     logp = self.logprobs(self.policy_forward, minibatch)   # one policy forward
                     old_logp, advantages = ro.logp[rows, :width], ro.advantages[rows, :width]
                     pg_loss, clipfrac, approx_kl = policy_loss(logp, old_logp, advantages, m,
