@@ -8,7 +8,7 @@ import pathlib
 import pytest
 import torch
 
-from rlhf_lite import World, get_base_model, set_threads
+from rlhf_lite import SimulatedLabeler, World, get_base_model, set_threads
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUNS = REPO / "notebooks" / "runs"
@@ -44,6 +44,20 @@ def tiny_llama(tokenizer, layers: int = 1, heads: int = 2, context: int = 128, s
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                          bos_token_id=tokenizer.eos_token_id)
     return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def reward_model(world, base):
+    """The default reward model on 600 pairs of the helpful simulated labeler (seed 0), shared
+    by the tests of PPO and of the critic-free methods."""
+    from rlhf_lite.preferences import make_preference_dataset
+    from rlhf_lite.reward_model import train_reward_model
+    model, tokenizer = base
+    labeler = SimulatedLabeler(world, "helpful", seed=0)
+    comparisons = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=600, seed=0)
+    reward_model, _ = train_reward_model(model, tokenizer, comparisons,
+                                         max_new_tokens=world.max_new_tokens)
+    return reward_model
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,6 @@ from rlhf_lite.critic_free import (METHODS, CriticFreeConfig, GRPOConfig, GRPOTr
                                    RLOOTrainer, aggregate, grpo_advantages, held_bytes,
                                    peak_rss_growth, rloo_advantages, verifiable_reward)
 from rlhf_lite.ppo import PPOTrainer, kl_loss
-from rlhf_lite.preferences import make_preference_dataset
-from rlhf_lite.reward_model import train_reward_model
-from rlhf_lite.world import SimulatedLabeler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -128,16 +125,6 @@ def test_kl_loss_term_is_zero_at_the_reference_and_so_is_its_gradient(world, bas
         assert abs(loss.item()) < 1e-5, estimator
         # k2 and k3 have no gradient at pi = pi_ref; k1's is grad log pi, which is not zero
         assert (grad > 1e-3) == pulls, (estimator, grad)
-
-
-@pytest.fixture(scope="module")
-def reward_model(world, base):
-    model, tokenizer = base
-    labeler = SimulatedLabeler(world, "helpful", seed=0)
-    comparisons = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=600, seed=0)
-    reward_model, _ = train_reward_model(model, tokenizer, comparisons,
-                                         max_new_tokens=world.max_new_tokens)
-    return reward_model
 
 
 @pytest.mark.parametrize("trainer_class, config", [

@@ -8,9 +8,7 @@ from rlhf_lite.models import generate
 from rlhf_lite.ppo import (AdaptiveKLController, PPOConfig, PPOTrainer, ValueModel, gae,
                            gold_win_rate, kl_loss, kl_penalty, per_token_rewards, policy_loss,
                            value_loss, whiten)
-from rlhf_lite.preferences import make_preference_dataset
-from rlhf_lite.reward_model import completion_columns, train_reward_model
-from rlhf_lite.world import SimulatedLabeler
+from rlhf_lite.reward_model import completion_columns
 
 
 def test_gae_matches_a_hand_computation():
@@ -174,16 +172,6 @@ def test_every_detail_can_be_switched_off(world, base):
     assert entry["kl_coef"] == 0.0 and all(torch.isfinite(torch.tensor(entry[k])) for k in
                                            ("policy_loss", "value_loss", "approx_kl", "entropy"))
     assert trainer.reward_mean == 0.0 and trainer.reward_std == 1.0
-
-
-@pytest.fixture(scope="module")
-def reward_model(world, base):
-    model, tokenizer = base
-    labeler = SimulatedLabeler(world, "helpful", seed=0)
-    comparisons = make_preference_dataset(world, model, tokenizer, labeler, n_pairs=600, seed=0)
-    reward_model, _ = train_reward_model(model, tokenizer, comparisons,
-                                         max_new_tokens=world.max_new_tokens)
-    return reward_model
 
 
 def test_short_ppo_run_raises_reward_model_score_and_gold(world, base, reward_model):
