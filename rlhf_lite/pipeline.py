@@ -121,6 +121,8 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
     start = time.perf_counter()
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    if method not in critic_free.METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(critic_free.METHODS)}")
     main = parallel.is_main_process()        # the process that writes (the only one, usually)
     if main:
         os.makedirs(out, exist_ok=True)
@@ -179,8 +181,6 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
     stage("reward_model", begun)
 
     # --- 4. RL against the reward model; the gold judge only watches
-    if method not in critic_free.METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(critic_free.METHODS)}")
     begun = time.perf_counter()
     trainer, plot, win_rate = rl_stage(method, model, tokenizer, reward_model, world, crit,
                                        ppo_steps, seed, heldout_samples, progress, callbacks,
