@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .callbacks import log_step
-from .models import autocast, completion_logprobs, encode_completions, pick_device, seed_everything
+from .models import (autocast, completion_logprobs, encode_completions, fused, pick_device,
+                     seed_everything)
 
 
 def sequence_logprobs(model, tokenizer, prompts, completions,
@@ -145,7 +146,8 @@ def train_dpo(base_model, tokenizer, comparisons, config: DPOConfig | None = Non
         ref_rejected = torch.cat([sequence_logprobs(reference, tokenizer, prompts[i:i + 256],
                                                     rejected[i:i + 256])
                                   for i in range(0, len(data), 256)])
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0,
+                                  fused=fused(device))
     rng = random.Random(config.seed)
     steps = config.epochs * -(-len(data) // config.batch_size)
     history = []
@@ -220,7 +222,8 @@ def train_sft(base_model, tokenizer, comparisons, config: SFTConfig | None = Non
     seed_everything(config.seed)
     data = _usable(comparisons)
     policy = copy.deepcopy(base_model).to(device).train()
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0,
+                                  fused=fused(device))
     rng = random.Random(config.seed)
     steps = config.epochs * -(-len(data) // config.batch_size)
     history = []

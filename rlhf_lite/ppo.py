@@ -50,7 +50,8 @@ from tqdm.auto import tqdm
 
 from . import parallel
 from .callbacks import log_step
-from .models import Completions, autocast, completion_logprobs, generate, position_ids
+from .models import (Completions, autocast, completion_logprobs, fused, generate,
+                     mixed_precision, position_ids)
 from .reward_model import completion_columns
 from .stats import Estimate, win_rate
 
@@ -405,7 +406,8 @@ def take(batch: Completions, idx: torch.Tensor, width: int | None = None) -> Com
                        batch.prompt_ids[idx, first:], prompt_mask[:, first:],
                        batch.completion_ids[idx, :width], batch.completion_mask[idx, :width],
                        batch.ended[idx], batch.not_text, batch.top_k,
-                       None if batch.logprobs is None else batch.logprobs[idx, :width])
+                       *(None if x is None else x[idx, :width]
+                         for x in (batch.logprobs, batch.entropy)))
 
 
 def length_chunks(batch: Completions, idx: torch.Tensor, n_chunks: int):
@@ -517,10 +519,10 @@ class PPOTrainer:
         self.policy_forward = parallel.data_parallel(self.policy)
         self.value_forward = (parallel.data_parallel(self.value_model)
                               if self.value_model is not None else None)
-        # eps 1e-5: CleanRL, Huang et al.; fused: one kernel for every tensor (3% faster on a CPU)
+        # eps 1e-5: CleanRL, Huang et al.
         self.optimizer = torch.optim.Adam([p for m in models for p in m.parameters()],
                                           lr=config.learning_rate, eps=1e-5,
-                                          fused=self.device.type in ("cpu", "cuda"))
+                                          fused=fused(self.device))
         self.kl_controller = (AdaptiveKLController(config.kl_coef, config.target_kl,
                                                    config.kl_horizon)
                               if config.adaptive_kl else FixedKLController(config.kl_coef))
@@ -574,6 +576,16 @@ class PPOTrainer:
         with autocast(self.device):
             return completion_logprobs(model, batch, temperature, return_entropy)
 
+    def sampled_logprobs_exact(self) -> bool:
+        """Whether ``generate``'s own log-probs and entropies are logp_old's: the numbers a
+        forward pass over the finished batch gives (in fp32 they differ by float rounding,
+        about 1e-6: the KV cache adds in another order), so the rollout need not compute them
+        again. Not in bf16 (a cached and a full pass differ by ~1e-2, why TRL recomputes), nor
+        when log-probs are scored at temperature 1 while sampling at another."""
+        cfg = self.config
+        return not mixed_precision(self.device) and (cfg.logprobs_at_sampling_temperature
+                                                     or cfg.temperature == 1.0)
+
     def values(self, model, batch):
         """V_t from ``model`` (the value model or its DDP wrapper), in fp32."""
         with autocast(self.device):
@@ -593,7 +605,11 @@ class PPOTrainer:
         if cfg.missing_eos_penalty is not None:  # Huang et al. 2024 ("EOS trick"), TRL
             scores = scores - cfg.missing_eos_penalty * (~batch.ended).float()
         chunks = cfg.length_chunks
-        logp, entropy = by_length(lambda b: self.logprobs(self.policy, b, True), batch, chunks)
+        if self.sampled_logprobs_exact():         # logp_old as sampled: no second forward pass
+            logp, entropy = batch.logprobs, batch.entropy
+        else:
+            logp, entropy = by_length(lambda b: self.logprobs(self.policy, b, True), batch,
+                                      chunks)
         logp_ref = by_length(lambda b: self.logprobs(self.reference, b), batch, chunks)
         values = (by_length(lambda b: self.values(self.value_model, b), batch, chunks)
                   if self.value_model is not None else None)

@@ -69,8 +69,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from . import parallel, stats
 from .callbacks import log_step
-from .models import (Completions, autocast, encode_completions, generate, pick_device, position_ids,
-                     quiet_transformers, seed_everything)
+from .models import (Completions, autocast, encode_completions, fused, generate, pick_device,
+                     position_ids, quiet_transformers, seed_everything)
 
 logger = logging.getLogger(__name__)
 
@@ -460,7 +460,7 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     gate = list(reward_model.log_prob_gate.gate.parameters()) if read_log_probs else []
     rest = [p for p in reward_model.parameters() if all(p is not q for q in gate)]
     optimizer = torch.optim.AdamW([dict(params=rest, lr=lr), dict(params=gate, lr=gate_lr)],
-                                  weight_decay=weight_decay)
+                                  weight_decay=weight_decay, fused=fused(device))
     warmup = max(1, total // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
                                                  * 0.5 * (1 + math.cos(math.pi * s / total)))

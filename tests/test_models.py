@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from rlhf_lite.models import (build_tokenizer, completion_logprobs, encode_completions, generate,
-                              load_model, make_base_model, not_text_ids, pretrain, save_model)
+from rlhf_lite.models import (answer_loss, build_tokenizer, completion_logprobs, encode_completions,
+                              encode_corpus, generate, load_model, make_base_model, not_text_ids,
+                              pretrain, sample, save_model)
 from rlhf_lite.world import STYLE_MIX
 
 
@@ -53,12 +54,32 @@ def test_top_k_samples_are_scored_under_the_distribution_they_came_from(world):
         batch = generate(model, tokenizer, world.prompts[:64], world.max_new_tokens, top_k=top_k,
                          seed=0)
         with torch.no_grad():
-            scored = completion_logprobs(model, batch)
+            scored, entropy = completion_logprobs(model, batch, return_entropy=True)
         assert torch.allclose(scored, batch.logprobs, atol=1e-4), top_k
+        assert torch.allclose(entropy, batch.entropy, atol=1e-4), top_k   # PPO's logp_old too
         if top_k is not None:     # each token is one of the 3 likeliest: log-prob >= log(1/3)-ish
             with torch.no_grad():
                 full = completion_logprobs(model, dataclasses.replace(batch, top_k=None))
             assert (scored >= full - 1e-6).all() and (scored > full + 0.1).any()
+
+
+def test_sample_draws_each_token_with_its_probability_and_never_a_zero_one():
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.0, 0.0, 0.9, 0.1]]).repeat(50_000, 1)
+    tokens = sample(probs, torch.Generator().manual_seed(0)).view(50_000, 2)
+    for row in range(2):
+        share = torch.bincount(tokens[:, row], minlength=4) / 50_000
+        # within 4 standard errors of p (sqrt(p (1 - p) / n) <= 0.0023)
+        assert (share - probs[row]).abs().max() < 0.009, share
+        assert (share[probs[row] == 0] == 0).all()
+
+
+def test_answer_loss_is_the_models_own_loss_on_the_labelled_tokens(world):
+    tokenizer = build_tokenizer(world)
+    model = make_base_model(tokenizer, seed=3)
+    input_ids, labels = encode_corpus(tokenizer, world.corpus(32))
+    ones = torch.ones_like(input_ids)
+    expected = model(input_ids=input_ids, attention_mask=ones, labels=labels).loss
+    assert torch.allclose(answer_loss(model, input_ids, ones, labels), expected, atol=1e-5)
 
 
 def test_base_model_reproduces_the_corpus_style_mix(world, base):

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from rlhf_lite.models import generate
+from rlhf_lite.models import completion_logprobs, generate
 from rlhf_lite.ppo import (AdaptiveKLController, PPOConfig, PPOTrainer, ValueModel, gae,
                            gold_win_rate, kl_loss, kl_penalty, per_token_rewards, policy_loss,
                            value_loss, whiten)
@@ -205,6 +205,22 @@ def test_value_model_starts_as_the_reward_model_read_at_every_position(world, ba
     with torch.no_grad():
         expected = reward_model.normalise(reward_model(batch.input_ids, mask, answer))
     assert torch.allclose(values.gather(1, last[:, None]).squeeze(1), expected, atol=1e-4)
+
+
+def test_rollout_logp_old_as_sampled_is_what_a_forward_pass_gives(world, base, reward_model):
+    model, tokenizer = base
+    for temperature, at_sampling_temperature in ((1.0, True), (0.7, True), (0.7, False)):
+        config = PPOConfig(batch_size=16, temperature=temperature, log_samples=0,
+                           logprobs_at_sampling_temperature=at_sampling_temperature)
+        trainer = PPOTrainer(model, tokenizer, reward_model, world.prompts, config)
+        ro = trainer.rollout(world.prompts[:16], seed=0)
+        scored_at = temperature if at_sampling_temperature else 1.0
+        with torch.no_grad():
+            logp, entropy = completion_logprobs(trainer.policy, ro.batch, scored_at, True)
+        assert torch.allclose(ro.logp, logp, atol=1e-4), temperature
+        assert torch.allclose(ro.entropy, entropy, atol=1e-4), temperature
+        # scored at 1 what was sampled at 0.7: the rollout computed them, not took them
+        assert at_sampling_temperature == torch.allclose(ro.batch.logprobs, logp, atol=1e-2)
 
 
 def test_gold_win_rate_of_a_model_against_itself_is_about_a_half(world, base):
