@@ -24,9 +24,9 @@ Symbols and shapes (B = episodes in a batch, C = completion tokens):
     A_t                 (B, C)  advantage (GAE), R_t = A_t + V_t the value target
     rho_t               (B, C)  exp(logp_t - logp_old_t): new policy over the sampling policy
 
-One iteration: sample B completions (``generate``), score them, compute logp_old, logp_ref and
-V_old once under no_grad, rewards and advantages, then ``ppo_epochs`` passes of minibatch
-updates of the clipped losses. In a data-parallel run (``parallel``) each process samples and
+One iteration: sample B completions (``generate``, which keeps each token's log-prob: logp_old),
+score them, compute logp_ref and V_old once under no_grad, rewards and advantages, then
+``ppo_epochs`` passes of minibatch updates of the clipped losses. In a data-parallel run (``parallel``) each process samples and
 trains on its share of the B episodes; token means and batch statistics still cover all of them
 (``token_share``, ``batch_mean``). Each implementation detail is a field of ``PPOConfig`` that
 can be switched off, so a lesson can show what happens without it. Sources: Schulman et al. 2017
