@@ -69,7 +69,8 @@ def test_a_stopped_and_resumed_run_ends_equal_to_an_uninterrupted_one(world, pol
     fresh.train(steps=1, progress=False)
     assert fresh.iteration == 3
     assert without_timings(fresh.history[:2]) == without_timings(straight.history[:2])
-    assert fresh.history[2]["reward"] != straight.history[2]["reward"]
+    # other prompts, so other samples (the mean reward alone can come out equal by chance)
+    assert fresh.history[2]["samples"] != straight.history[2]["samples"]
 
 
 def test_a_checkpoint_refuses_other_settings(world, policy, tmp_path):
