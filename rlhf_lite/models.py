@@ -70,7 +70,7 @@ class Preset:
 PRESETS = {
     # ~0.5M parameters: the CPU default
     "tiny": Preset(128, 2, 4, pretrain_lr=1e-2, pretrain_steps=800),
-    # ~3M: a CPU, about half an hour (pretraining 2,000 steps)
+    # ~3M: a CPU, about a quarter of an hour on one thread (pretraining 2,000 steps: 12 min)
     "small": Preset(256, 4, 4, pretrain_lr=3e-3, pretrain_steps=2000, reward_model_lr=2.5e-4,
                     reward_model_gate_lr=2.5e-3, rl_lr=2.5e-4),
     # ~25M: for a GPU
