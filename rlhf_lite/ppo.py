@@ -30,9 +30,9 @@ score them, compute logp_ref and V_old once under no_grad, rewards and advantage
 (``parallel``) each process samples and trains on its share of the B episodes; token means and
 batch statistics still cover all of them (``token_share``, ``batch_mean``). Each implementation
 detail is a field of ``PPOConfig`` that can be switched off, so a lesson can show what happens
-without it. Sources: Schulman et al. 2017 (PPO), Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences"), Huang et al.
-2024 ("The N Implementation Details of RLHF with PPO"), Schulman 2020 ("Approximating KL
-Divergence", http://joschu.net/blog/kl-approx.html).
+without it. Sources: Schulman et al. 2017 (PPO), Ziegler et al. 2019 ("Fine-Tuning Language
+Models from Human Preferences"), Huang et al. 2024 ("The N Implementation Details of RLHF with
+PPO"), Schulman 2020 ("Approximating KL Divergence", http://joschu.net/blog/kl-approx.html).
 """
 from __future__ import annotations
 
