@@ -1,4 +1,5 @@
-"""How long pretraining the default base model takes, and how well it learns.
+"""How long pretraining a base model takes (the default, or --preset with its own settings), and
+how well it learns.
 
     python benchmarks/bench_pretrain.py [--steps N] [--preset tiny]
 
@@ -11,22 +12,24 @@ import time
 
 import torch
 
-from rlhf_lite.models import (MODEL_PRESETS, build_tokenizer, generate, make_base_model,
-                              pick_device, pretrain)
+from rlhf_lite.models import (PRESETS, build_tokenizer, generate, make_base_model, pick_device,
+                              pretrain)
 from rlhf_lite.world import STYLE_MIX, World
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--steps", type=int, default=None, help="default: pretrain()'s default")
-parser.add_argument("--preset", default="tiny", choices=list(MODEL_PRESETS))
+parser.add_argument("--steps", type=int, default=None, help="default: the preset's")
+parser.add_argument("--preset", default="tiny", choices=list(PRESETS))
 parser.add_argument("--device", default=None)
 args = parser.parse_args()
 
 world = World("trivia", seed=0)
 tokenizer = build_tokenizer(world)
 model = make_base_model(tokenizer, args.preset)
-kwargs = {} if args.steps is None else {"steps": args.steps}
+settings = PRESETS[args.preset].pretraining      # the preset's learning rate, steps, batch
+if args.steps is not None:
+    settings["steps"] = args.steps
 start = time.perf_counter()
-history = pretrain(model, tokenizer, world, device=args.device, **kwargs)
+history = pretrain(model, tokenizer, world, device=args.device, **settings)
 seconds = time.perf_counter() - start
 
 prompts = world.prompts * 8

@@ -66,6 +66,12 @@ class Preset:
     def sizes(self) -> dict:
         return dict(n_embd=self.n_embd, n_layer=self.n_layer, n_head=self.n_head)
 
+    @property
+    def pretraining(self) -> dict:
+        """``pretrain``'s settings for this preset, as its keyword arguments."""
+        return dict(steps=self.pretrain_steps, lr=self.pretrain_lr,
+                    batch_size=self.pretrain_batch_size, warmup=self.warmup)
+
 
 PRESETS = {
     # ~0.5M parameters: the CPU default
@@ -83,10 +89,6 @@ gpu 1e-2 -> 1.05, 3e-3 -> 0.370, 1e-3 -> 0.350; small 3e-3 -> 0.357 (1,500 steps
 (benchmarks/bench_presets.py): small 3e-3, 2,000 steps -> 0.352; tiny 1e-2, 800 -> 0.365.
 The tiny row's reward-model and RL rates are ``train_reward_model``'s and ``PPOConfig``'s
 defaults."""
-
-MODEL_PRESETS = {name: preset.sizes for name, preset in PRESETS.items()}
-"""Sizes of the base model, from ``PRESETS``."""
-
 
 def preset_for(model) -> str:
     """The name of the preset nearest in width to ``model`` (a causal LM of your own): whose
@@ -115,7 +117,7 @@ def pick_device(device: str | None = None) -> torch.device:
 
 def fused(device) -> bool:
     """Whether torch's fused Adam/AdamW (one kernel for every tensor, not a loop over them) runs
-    on ``device``: the optimizers' ``fused=`` (3% of a PPO step, 5% of pretraining on a CPU)."""
+    on ``device``: the optimizers' ``fused=`` (3% of a PPO step, 2.5% of pretraining on a CPU)."""
     return torch.device(device).type in ("cpu", "cuda")
 
 
@@ -196,11 +198,10 @@ def not_text_ids(tokenizer) -> tuple[int, ...]:
 
 def make_base_model(tokenizer, preset: str = "tiny", seed: int = 0) -> GPT2LMHeadModel:
     """A freshly initialised GPT-2 of the given size (see ``PRESETS``)."""
-    if preset not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; "
-                         f"valid presets: {', '.join(MODEL_PRESETS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, **MODEL_PRESETS[preset],
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, **PRESETS[preset].sizes,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id,
                         # exact (erf) GELU: in torch's CPU kernels 2-5x faster than GPT-2's tanh one
@@ -372,9 +373,8 @@ def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int | No
             return model, tokenizer, path, json.load(f)
     tokenizer = build_tokenizer(world)
     model = make_base_model(tokenizer, preset, seed)
-    history = pretrain(model, tokenizer, world, steps=steps, lr=settings.pretrain_lr,
-                       batch_size=settings.pretrain_batch_size, warmup=settings.warmup, seed=seed,
-                       device=device, callbacks=callbacks)
+    history = pretrain(model, tokenizer, world, **{**settings.pretraining, "steps": steps},
+                       seed=seed, device=device, callbacks=callbacks)
     save_model(model, tokenizer, path)
     with open(os.path.join(path, "loss_history.json"), "w") as f:  # written last: marks it complete
         json.dump(history, f)
@@ -441,6 +441,11 @@ def next_token_logits(logits: torch.Tensor, temperature: float = 1.0, not_text=(
     return logits
 
 
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """H = -sum_v p_v log p_v of each next-token distribution (last dim), in nats; 0 log 0 = 0."""
+    return -torch.xlogy(probs, probs).sum(-1)
+
+
 def sample(probs: torch.Tensor, generator=None) -> torch.Tensor:
     """One token a row of ``probs`` (B, V): the exponential race, y = argmax_j p_j / E_j with
     E_j ~ Exp(1) independent (P(y = j) = p_j; ``torch.multinomial``'s own method), with
@@ -479,7 +484,7 @@ def generate(model, tokenizer, prompts, max_new_tokens: int = 24, temperature: f
         token = sample(probs, generator)
         token = torch.where(done, torch.full_like(token, pad), token)
         out_logp.append(logp_all.gather(1, token[:, None]).squeeze(1).masked_fill(done, 0.0))
-        out_entropy.append(-torch.xlogy(probs, probs).sum(-1))          # 0 log 0 = 0
+        out_entropy.append(entropy(probs))
         out.append(token)
         done |= token == eos
         tokens = token[:, None]
@@ -533,6 +538,4 @@ def completion_logprobs(model, batch: Completions, temperature: float = 1.0,
     logp = logp.masked_fill(~real, 0.0)
     if not return_entropy:
         return logp
-    probs = logp_all.exp()
-    entropy = -torch.xlogy(probs, probs).sum(-1) * batch.completion_mask   # 0 log 0 = 0
-    return logp, entropy
+    return logp, entropy(logp_all.exp()) * batch.completion_mask
