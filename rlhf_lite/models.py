@@ -243,13 +243,15 @@ def answer_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
 
 def pretrain(model, tokenizer, world, steps: int = 800, batch_size: int = 64, lr: float = 1e-2,
              corpus_size: int = 20_000, seed: int = 0, device: str | None = None,
-             warmup: float = 0.05, length_chunks: int = 2, callbacks=()) -> list[float]:
+             warmup: float = 0.05, length_chunks: int = 2, callbacks=(),
+             progress: bool = True) -> list[float]:
     """Next-token pretraining on the world's internet: minimise -sum_t log p(w_t | w_<t).
 
     Returns the loss of every step. AdamW with a linear warm-up over the first ``warmup`` share
     of the steps and a cosine decay. The defaults are the tiny preset's (``PRESETS``).
     length_chunks: speed only (see ``PPOConfig.length_chunks``); 1 on a GPU.
     callbacks: functions (stage, step, metrics) called after each step (``callbacks.py``).
+    progress: show a progress bar.
     """
     device = pick_device(device)
     seed_everything(seed)
@@ -263,7 +265,7 @@ def pretrain(model, tokenizer, world, steps: int = 800, batch_size: int = 64, lr
     generator = torch.Generator().manual_seed(seed)
     history = []
     ends = (labels != -100).cumsum(1).argmax(1) + 1          # each row's length without padding
-    for _ in (bar := tqdm(range(steps), desc="pretraining")):
+    for _ in (bar := tqdm(range(steps), desc="pretraining", disable=not progress)):
         idx = torch.randint(len(input_ids), (batch_size,), generator=generator)
         optimizer.zero_grad(set_to_none=True)
         n_tokens, loss = int((labels[idx] != -100).sum()), 0.0
@@ -357,11 +359,12 @@ def check_context(model, tokenizer, prompts, max_new_tokens: int, name: str = "t
 
 
 def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int | None = None,
-                   seed: int = 0, device: str | None = None, callbacks=()):
+                   seed: int = 0, device: str | None = None, callbacks=(), progress: bool = True):
     """The base model for ``world``, shared by all lessons: loaded from
     ``runs_dir/base-<task>-<preset>-<steps>-seed<seed>`` if a lesson already made it, else
     pretrained with the preset's settings (``PRESETS``; ``steps`` overrides its steps) and saved
-    there. Returns (model, tokenizer, path, loss history or None if loaded)."""
+    there (with a progress bar unless ``progress`` is False). Returns (model, tokenizer, path,
+    loss history or None if loaded)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     settings = PRESETS[preset]
@@ -374,7 +377,7 @@ def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int | No
     tokenizer = build_tokenizer(world)
     model = make_base_model(tokenizer, preset, seed)
     history = pretrain(model, tokenizer, world, **{**settings.pretraining, "steps": steps},
-                       seed=seed, device=device, callbacks=callbacks)
+                       seed=seed, device=device, callbacks=callbacks, progress=progress)
     save_model(model, tokenizer, path)
     with open(os.path.join(path, "loss_history.json"), "w") as f:  # written last: marks it complete
         json.dump(history, f)

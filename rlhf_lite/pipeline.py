@@ -105,6 +105,7 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
         (e.g. ``notebooks/runs``) to skip pretraining when that model is there already.
     pretrain_steps: pretraining steps (default: ``get_base_model``'s).
     heldout_samples: samples per held-out prompt in the win-rate comparison.
+    progress: progress bars for pretraining, the reward model and the RL stage (False: none).
     preset: the base model's size and training settings (default tiny); with ``model_dir``,
         only the settings (default: the preset nearest the model's width, ``preset_for``).
     model_dir: a local Hugging Face causal LM directory with its tokenizer, used as the base
@@ -141,7 +142,8 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
         if model_dir is None:
             model, tokenizer, _, losses = get_base_model(
                 world, runs_dir=cache_dir or os.path.join(out, "runs"), preset=preset or "tiny",
-                steps=pretrain_steps, seed=seed, device=device, callbacks=callbacks)
+                steps=pretrain_steps, seed=seed, device=device, callbacks=callbacks,
+                progress=progress)
         else:
             (model, tokenizer), losses = load_model(model_dir, device), None
     check_context(model, tokenizer, world.prompts, world.max_new_tokens,
@@ -171,7 +173,7 @@ def run_pipeline(out, task: str = "trivia", criteria: str | None = None, seed: i
     reward_model, rm_history = train_reward_model(
         model, tokenizer, comparisons, heldout=0.0, max_new_tokens=world.max_new_tokens,
         lr=settings.reward_model_lr, gate_lr=settings.reward_model_gate_lr, seed=seed,
-        device=device, callbacks=callbacks)
+        device=device, callbacks=callbacks, progress=progress)
     if main:                     # the reward model is the same in every process
         train_prompts, heldout_prompts = world.split_prompts()
         fresh_pairs = make_preference_dataset(world, model, tokenizer, labeler, heldout_pairs,

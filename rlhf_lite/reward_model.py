@@ -414,7 +414,7 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
                        lr: float | None = None, gate_lr: float = 5e-3, batch_size: int = 32,
                        weight_decay: float = 0.0, margin: float = 0.0, max_new_tokens: int = 24,
                        read_log_probs: bool = True, seed: int = 0, device: str | None = None,
-                       loss_fn=bradley_terry_loss, callbacks=()):
+                       loss_fn=bradley_terry_loss, callbacks=(), progress: bool = True):
     """Train r(x, y) on judged pairs by minimising the Bradley-Terry loss; returns
     (reward_model, history).
 
@@ -467,7 +467,8 @@ def train_reward_model(base_model, tokenizer, comparisons, heldout: float = 0.1,
     generator = torch.Generator().manual_seed(seed)
     history = dict(step=[], train_loss=[], train_accuracy=[], epoch=[], heldout_loss=[],
                    heldout_accuracy=[], n_train=len(train), n_heldout=len(held))
-    bar = tqdm(total=total, desc="reward model", disable=not parallel.is_main_process())
+    bar = tqdm(total=total, desc="reward model",
+               disable=not (progress and parallel.is_main_process()))
     for epoch in range(1, epochs + 1):
         # --- one pass over the training pairs
         order = torch.randperm(len(train), generator=generator).to(device)

@@ -8,9 +8,10 @@ import torch
 
 from conftest import RUNS, tiny_llama
 from rlhf_lite.cli import main
-from rlhf_lite.models import PRESETS, build_tokenizer, save_model
+from rlhf_lite.models import PRESETS, build_tokenizer, make_base_model, pretrain, save_model
 from rlhf_lite.ppo import PPOConfig
 from rlhf_lite.preferences import simulate_comparisons, write_trl_jsonl
+from rlhf_lite.reward_model import train_reward_model
 from rlhf_lite.world import SimulatedLabeler
 
 RL_KEYS = {"episodes", "initial_reward", "final_reward", "initial_gold", "final_gold", "final_kl",
@@ -205,3 +206,21 @@ def test_pretrain_steps_and_a_model_of_your_own_do_not_mix(world, tmp_path, caps
     with pytest.raises(SystemExit):
         main(["pipeline", "--out", str(tmp_path), "--model", str(llama), "--pretrain-steps", "5"])
     assert "--pretrain-steps has no effect with --model" in capsys.readouterr().err
+
+
+
+def test_progress_false_draws_no_bars(world, base, capsys):
+    """``run_pipeline(progress=False)`` passes it on: pretraining and the reward model stay
+    quiet too, not only the RL stage."""
+    model, tokenizer = base
+    pretrain(make_base_model(tokenizer), tokenizer, world, steps=2, corpus_size=64,
+             progress=False)
+    answers = {}
+    for prompt, answer, _ in world.corpus(400, seed=5):
+        answers.setdefault(prompt, set()).add(answer)
+    pairs = [(p, *sorted(a)[:2]) for p, a in answers.items() if len(a) > 1][:8]
+    labelled = simulate_comparisons(SimulatedLabeler(world, "helpful", seed=0), pairs)
+    train_reward_model(model, tokenizer, labelled, heldout=0.0, epochs=1, progress=False)
+    assert capsys.readouterr().err == ""
+    train_reward_model(model, tokenizer, labelled, heldout=0.0, epochs=1)
+    assert "reward model" in capsys.readouterr().err            # the bar, when it is asked for
