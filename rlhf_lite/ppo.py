@@ -76,11 +76,8 @@ class PPOConfig:
     """Longest completion; a completion cut here has no <eos> (see missing_eos_penalty)."""
     temperature: float = 1.0
     """Sampling temperature; 0.7 to 1. Log-probs are computed at the same temperature."""
-    kl_coef: float = 0.05
-    """beta, the initial weight of the per-token KL penalty; 0.01 to 0.3 (TRL: 0.05). 0 turns it
-    off. On this world, one thread, three seeds each (benchmarks/bench_presets.py), 0.05 wins
-    more gold comparisons than 0.1 did: tiny 0.825, 0.919, 0.908 against 0.787, 0.874, 0.848;
-    at 0.02 one tiny run of three reward-hacked (0.692)."""
+    kl_coef: float = 0.1
+    """beta, the initial weight of the per-token KL penalty; 0.01 to 0.3. 0 turns it off."""
     kl_in: str = "reward"
     """Where the KL penalty acts: "reward" (-beta * k1 in every token's reward; Ziegler et al.
     2019, InstructGPT) or "loss" (beta * mean k3 added to the loss; GRPO). See ``kl_loss``."""
