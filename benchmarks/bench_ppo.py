@@ -114,7 +114,7 @@ def time_trl(model, tokenizer, reward_model_dir, prompts):
                            num_mini_batches=args.batch_size // args.minibatch_size,
                            num_ppo_epochs=args.ppo_epochs,
                            response_length=args.max_new_tokens, stop_token="eos", temperature=1.0,
-                           missing_eos_penalty=1.0, kl_coef=0.1,
+                           missing_eos_penalty=1.0, kl_coef=PPOConfig.kl_coef,
                            learning_rate=PPOConfig.learning_rate,
                            total_episodes=(args.iterations + 1) * args.batch_size,
                            num_sample_generations=0,
