@@ -24,6 +24,7 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
+import statistics
 import time
 
 import torch
@@ -100,10 +101,8 @@ def summary(name: str, runs: list) -> str:
     for key, what in (("loss", "pretraining loss"), ("accuracy", "reward-model accuracy"),
                       ("gap", "gap to the ceiling"), ("win", "gold win rate")):
         values = [figures[key] for _, figures in runs]
-        mean = sum(values) / len(values)
-        sd = (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
-        lines.append(f"{what:>22}: mean {mean:.3f}, sd {sd:.3f} "
-                     f"({', '.join(f'{v:.3f}' for v in values)})")
+        lines.append(f"{what:>22}: mean {statistics.mean(values):.3f}, sd "
+                     f"{statistics.stdev(values):.3f} ({', '.join(f'{v:.3f}' for v in values)})")
     return "\n".join(lines)
 
 
@@ -115,7 +114,7 @@ if __name__ == "__main__":
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         futures = {job: pool.submit(run, *job) for job in jobs}
         results = {}
-        for job in jobs:                                  # reports in order, as they finish
+        for job in jobs:                       # reports in job order, each once it is done
             report, results[job] = futures[job].result()
             print(report, flush=True)
     if len(args.seeds) > 1:

@@ -364,7 +364,7 @@ def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int | No
     ``runs_dir/base-<task>-<preset>-<steps>-seed<seed>`` if a lesson already made it, else
     pretrained with the preset's settings (``PRESETS``; ``steps`` overrides its steps) and saved
     there (with a progress bar unless ``progress`` is False). Returns (model, tokenizer, path,
-    loss history or None if loaded)."""
+    pretraining's loss history, saved beside the model and loaded with it)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     settings = PRESETS[preset]

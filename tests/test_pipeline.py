@@ -28,6 +28,15 @@ KEYS = {
 }
 
 
+def corpus_pairs(world, n: int = 8) -> list[tuple[str, str, str]]:
+    """``n`` (prompt, answer, other answer) pairs from the world's corpus, for labels of "your"
+    own without sampling a model."""
+    answers = {}
+    for prompt, answer, _ in world.corpus(400, seed=5):
+        answers.setdefault(prompt, set()).add(answer)
+    return [(p, *sorted(a)[:2]) for p, a in answers.items() if len(a) > 1][:n]
+
+
 def test_pipeline_writes_metrics_plots_and_models(base, tmp_path, capsys):
     out = tmp_path / "run"
     # the base model comes from the session's cache (the `base` fixture made sure it is there)
@@ -146,11 +155,8 @@ def test_your_own_model_with_a_preset_a_method_your_labels_and_resume(world, tmp
     trains at the preset's learning rate, your labels count, and the resumed run goes on from
     the first run's checkpoint instead of starting again."""
     llama = save_tiny_llama(world, tmp_path / "llama")
-    answers = {}                                           # 8 pairs labelled by "you"
-    for prompt, answer, _ in world.corpus(400, seed=5):
-        answers.setdefault(prompt, set()).add(answer)
-    pairs = [(p, *sorted(a)[:2]) for p, a in answers.items() if len(a) > 1][:8]
-    mine = simulate_comparisons(SimulatedLabeler(world, "concise", seed=3), pairs)
+    mine = simulate_comparisons(SimulatedLabeler(world, "concise", seed=3),   # labelled by "you"
+                                corpus_pairs(world))
     write_trl_jsonl(mine, tmp_path / "mine.jsonl")
     out = tmp_path / "run"
     argv = ["pipeline", "--out", str(out), "--model", str(llama), "--preset", "small",
@@ -208,18 +214,13 @@ def test_pretrain_steps_and_a_model_of_your_own_do_not_mix(world, tmp_path, caps
     assert "--pretrain-steps has no effect with --model" in capsys.readouterr().err
 
 
-
 def test_progress_false_draws_no_bars(world, base, capsys):
     """``run_pipeline(progress=False)`` passes it on: pretraining and the reward model stay
     quiet too, not only the RL stage."""
     model, tokenizer = base
     pretrain(make_base_model(tokenizer), tokenizer, world, steps=2, corpus_size=64,
              progress=False)
-    answers = {}
-    for prompt, answer, _ in world.corpus(400, seed=5):
-        answers.setdefault(prompt, set()).add(answer)
-    pairs = [(p, *sorted(a)[:2]) for p, a in answers.items() if len(a) > 1][:8]
-    labelled = simulate_comparisons(SimulatedLabeler(world, "helpful", seed=0), pairs)
+    labelled = simulate_comparisons(SimulatedLabeler(world, "helpful", seed=0), corpus_pairs(world))
     train_reward_model(model, tokenizer, labelled, heldout=0.0, epochs=1, progress=False)
     assert capsys.readouterr().err == ""
     train_reward_model(model, tokenizer, labelled, heldout=0.0, epochs=1)
