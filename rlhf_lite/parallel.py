@@ -148,14 +148,31 @@ def from_main(obj):
     return broadcast_object_list([obj], from_process=0)[0]
 
 
+def barrier() -> None:
+    """Wait until every process is here. Not accelerate's ``wait_for_everyone``: that names
+    GPU LOCAL_RANK even in a gloo run on the CPU, which fails ("invalid device ordinal") on a
+    machine with fewer GPUs than processes. A gloo barrier here runs on the CPU."""
+    if processes() > 1:
+        device = accelerator().device
+        if device.type == "cuda":
+            torch.distributed.barrier(device_ids=[device.index or 0])
+        else:
+            torch.distributed.barrier()
+
+
+@contextlib.contextmanager
 def main_process_first():
     """A context in which process 0 runs first and the others after it (e.g. it pretrains and
     caches the base model, they load it)."""
-    return contextlib.nullcontext() if processes() == 1 else accelerator().main_process_first()
+    if not is_main_process():
+        barrier()                                # wait for process 0 to finish the block
+    yield
+    if is_main_process():
+        barrier()                                # let the others in
 
 
 def finish() -> None:
     """Wait for every process, then close the process group (at the end of a launched run)."""
     if processes() > 1 and _accelerator is not None:
-        _accelerator.wait_for_everyone()
+        barrier()
         _accelerator.end_training()

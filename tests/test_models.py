@@ -1,5 +1,6 @@
 """Tokenizer, base model, generation and log-probs."""
 import collections
+import copy
 import dataclasses
 
 import pytest
@@ -100,7 +101,8 @@ def test_save_load_round_trip_gives_identical_logits(base, tmp_path):
     ids = tokenizer(["Question: What is the capital of Peru? Answer: Lima."],
                     return_tensors="pt").input_ids
     with torch.no_grad():
-        assert torch.equal(model.cpu()(ids).logits, again(ids).logits)
+        # a CPU copy: the session's base model stays where it is (on CUDA when there is one)
+        assert torch.equal(copy.deepcopy(model).cpu()(ids).logits, again(ids).logits)
     assert tok2.get_vocab() == tokenizer.get_vocab()
 
 
@@ -144,8 +146,9 @@ def test_left_padding_does_not_change_log_probs(world, base):
     padded = encode_completions(tokenizer, [short, long],
                                 ["Lima.", "The opposite of early is late."], "cpu")
     assert padded.prompt_mask[0, 0] == 0  # the short prompt really was left-padded
+    model = copy.deepcopy(model).cpu()          # the session's base model stays on its device
     with torch.no_grad():
-        a = completion_logprobs(model.cpu(), alone)[0, :3]
+        a = completion_logprobs(model, alone)[0, :3]
         b = completion_logprobs(model, padded)[0, :3]
     assert torch.allclose(a, b, atol=1e-5)
 

@@ -391,7 +391,7 @@ def test_save_and_load_round_trip(trained, tmp_path, world):
                                         position_ids=position_ids(batch.attention_mask))
         hidden = hidden.last_hidden_state
         at_eos = plain.model.score(hidden[:, -1]).squeeze(-1)
-    eos_last = batch.completion_mask[:, -1].bool()          # rows whose <eos> is the last column
+    eos_last = batch.completion_mask[:, -1].bool().cpu()    # rows whose <eos> is the last column
     assert eos_last.any()
     plain_scores = plain.score(prompts, texts, normalize=False)
-    assert torch.allclose(plain_scores[eos_last], at_eos[eos_last], atol=1e-5)
+    assert torch.allclose(plain_scores[eos_last], at_eos.cpu()[eos_last], atol=1e-5)
