@@ -61,13 +61,14 @@ def run(name: str, seed: int) -> tuple[str, dict]:
     """One pipeline run of preset ``name`` seeded ``seed``: (its report, its figures)."""
     torch.set_num_threads(args.threads)
     settings = PRESETS[name]
+    base_dir = os.path.join(args.runs,
+                            f"base-trivia-{name}-{settings.pretrain_steps}-seed{seed}")
+    cached = os.path.isdir(base_dir)                 # pretrained before: loaded, not timed here
     start = time.perf_counter()
     metrics = run_pipeline(os.path.join(args.out, f"{name}-seed{seed}"), seed=seed, preset=name,
                            cache_dir=args.runs, device=args.device, method=args.method,
                            heldout_pairs=args.heldout_pairs, progress=False)
     seconds = time.perf_counter() - start
-    base_dir = os.path.join(args.runs,
-                            f"base-trivia-{name}-{settings.pretrain_steps}-seed{seed}")
     with open(os.path.join(base_dir, "loss_history.json")) as f:
         losses = json.load(f)
     rm, rl = metrics["reward_model"], metrics["rl"]
@@ -75,7 +76,6 @@ def run(name: str, seed: int) -> tuple[str, dict]:
                "gap": rm["noise_ceiling_accuracy"] - rm["heldout_accuracy"],
                "accuracy": rm["heldout_accuracy"], "win": rl["gold_win_rate_vs_base"]}
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in metrics["stage_seconds"].items())
-    cached = metrics["stage_seconds"]["pretrain"] < 30
     report = "\n".join([
         f"\n== preset {name}, seed {seed}: {settings.n_embd} wide, {settings.n_layer} layers, "
         f"device {metrics['device']}, load average now {load()}",
