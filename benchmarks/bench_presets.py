@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from rlhf_lite.models import PRESETS
+from rlhf_lite.models import PRESETS, base_model_path
 from rlhf_lite.pipeline import run_pipeline
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,15 +61,15 @@ def run(name: str, seed: int) -> tuple[str, dict]:
     """One pipeline run of preset ``name`` seeded ``seed``: (its report, its figures)."""
     torch.set_num_threads(args.threads)
     settings = PRESETS[name]
-    base_dir = os.path.join(args.runs,
-                            f"base-trivia-{name}-{settings.pretrain_steps}-seed{seed}")
-    cached = os.path.isdir(base_dir)                 # pretrained before: loaded, not timed here
+    history = os.path.join(base_model_path(args.runs, "trivia", name, seed=seed),
+                           "loss_history.json")
+    cached = os.path.isfile(history)                 # pretrained before: loaded, not timed here
     start = time.perf_counter()
     metrics = run_pipeline(os.path.join(args.out, f"{name}-seed{seed}"), seed=seed, preset=name,
                            cache_dir=args.runs, device=args.device, method=args.method,
                            heldout_pairs=args.heldout_pairs, progress=False)
     seconds = time.perf_counter() - start
-    with open(os.path.join(base_dir, "loss_history.json")) as f:
+    with open(history) as f:
         losses = json.load(f)
     rm, rl = metrics["reward_model"], metrics["rl"]
     figures = {"loss": sum(losses[-50:]) / 50,

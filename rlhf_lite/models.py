@@ -358,18 +358,25 @@ def check_context(model, tokenizer, prompts, max_new_tokens: int, name: str = "t
             f"{longest + max_new_tokens} in all; use a model with a longer context")
 
 
+def base_model_path(runs_dir, task: str, preset: str = "tiny", steps: int | None = None,
+                    seed: int = 0) -> str:
+    """Where ``get_base_model`` caches a base model, ``runs_dir/base-TASK-PRESET-STEPS-seedS``
+    (``steps``: the preset's by default); it is there once its ``loss_history.json`` is."""
+    steps = PRESETS[preset].pretrain_steps if steps is None else steps
+    return os.path.join(runs_dir, f"base-{task}-{preset}-{steps}-seed{seed}")
+
+
 def get_base_model(world, runs_dir="runs", preset: str = "tiny", steps: int | None = None,
                    seed: int = 0, device: str | None = None, callbacks=(), progress: bool = True):
-    """The base model for ``world``, shared by all lessons: loaded from
-    ``runs_dir/base-<task>-<preset>-<steps>-seed<seed>`` if a lesson already made it, else
-    pretrained with the preset's settings (``PRESETS``; ``steps`` overrides its steps) and saved
-    there (with a progress bar unless ``progress`` is False). Returns (model, tokenizer, path,
+    """The base model for ``world``, shared by all lessons: loaded from ``base_model_path`` if
+    a lesson already made it, else pretrained with the preset's settings (``PRESETS``; ``steps``
+    overrides its steps) and saved there (with a progress bar unless ``progress`` is False). Returns (model, tokenizer, path,
     pretraining's loss history, saved beside the model and loaded with it)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     settings = PRESETS[preset]
     steps = settings.pretrain_steps if steps is None else steps
-    path = os.path.join(runs_dir, f"base-{world.task.name}-{preset}-{steps}-seed{seed}")
+    path = base_model_path(runs_dir, world.task.name, preset, steps, seed)
     if os.path.isfile(os.path.join(path, "loss_history.json")):
         model, tokenizer = load_model(path, device)
         with open(os.path.join(path, "loss_history.json")) as f:
